@@ -1,0 +1,347 @@
+"""Batched, idempotent upsert that reports exactly what it changed.
+
+For each batch of rows: one ``SELECT`` of the stored rows with those keys, a comparison in
+parameter space (see :mod:`codecs`), then one multi-row ``INSERT ... ON DUPLICATE KEY UPDATE`` /
+``ON CONFLICT DO UPDATE`` carrying only the new and changed rows. Unchanged rows are never
+rewritten, and the :class:`ChangeSet` lists the exact keys inserted, updated and unchanged on
+every dialect. Batches are bounded by rows, by bound parameters and by bytes, so no statement
+exceeds MySQL's ``max_allowed_packet``; there is never one round trip per row.
+
+The statements are plain SQL with positional parameters, built once per (table, batch size) and
+cached: compiling a 1,000-row ``VALUES`` clause through SQLAlchemy's expression layer for every
+batch would cost more than the database round trip it saves.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import TYPE_CHECKING, Any
+
+import pydantic
+import sqlalchemy as sa
+
+from limsync.errors import MissingParentError, RowError
+from limsync.pipeline.tables import Table, TableSpec
+
+if TYPE_CHECKING:
+    from limsync.pipeline.database import Database
+
+Key = tuple[Any, ...]
+
+DEFAULT_BATCH_ROWS = 1000
+MAX_PARAMS = {"sqlite": 32_000 if sqlite3.sqlite_version_info >= (3, 32) else 999, "postgresql": 65_000, "mysql": 60_000}
+DEFAULT_BATCH_BYTES = 4 * 1024 * 1024  # far below MySQL's 16 MB default max_allowed_packet
+
+
+@dataclass
+class ChangeSet:
+    """The keys an upsert inserted, updated and left unchanged (validated Python values)."""
+
+    table: str
+    inserted: list[Key] = field(default_factory=list)
+    updated: list[Key] = field(default_factory=list)
+    unchanged: list[Key] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        """True when anything was written."""
+        return bool(self.inserted or self.updated)
+
+    def extend(self, other: ChangeSet) -> None:
+        """Add another ChangeSet of the same table."""
+        self.inserted.extend(other.inserted)
+        self.updated.extend(other.updated)
+        self.unchanged.extend(other.unchanged)
+
+    def counts(self) -> dict[str, int]:
+        """``{"inserted": n, "updated": n, "unchanged": n}``."""
+        return {
+            "inserted": len(self.inserted),
+            "updated": len(self.updated),
+            "unchanged": len(self.unchanged),
+        }
+
+
+def _spec(table: type[Table] | TableSpec) -> TableSpec:
+    return table if isinstance(table, TableSpec) else table.spec
+
+
+def validate_row(spec: TableSpec, row: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate one row against its table's model; RowError names table, key and column."""
+    assert spec.row_model is not None
+    try:
+        return dict(spec.row_model.model_validate(row).__dict__)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        column = ".".join(str(p) for p in err["loc"]) or None
+        key = {k: row[k] for k in spec.primary_key if k in row}
+        problem = err["msg"]
+        if err["type"] == "extra_forbidden":
+            problem = "is not a column of this table"
+        elif err["type"] == "missing":
+            problem = "is required"
+        n = exc.error_count()
+        if n > 1:
+            problem += f" (and {n - 1} more problem{'s' if n > 2 else ''} in this row)"
+        raise RowError(spec.qualname, key, column, problem) from None
+
+
+def validate_rows(
+    spec: TableSpec, rows: Iterable[Mapping[str, Any]]
+) -> tuple[list[dict[str, Any]], list[tuple[int, RowError]]]:
+    """Validate many rows; returns the valid ones and (index, error) for the others."""
+    good: list[dict[str, Any]] = []
+    bad: list[tuple[int, RowError]] = []
+    for i, row in enumerate(rows):
+        try:
+            good.append(validate_row(spec, row))
+        except RowError as exc:
+            bad.append((i, exc))
+    return good, bad
+
+
+def upsert(
+    db: Database,
+    conn: sa.Connection,
+    table: type[Table] | TableSpec,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    validate: bool = True,
+    check_parents: bool = True,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
+) -> ChangeSet:
+    """Insert new rows and update changed ones, inside the caller's transaction.
+
+    ``rows`` may be any iterable (it is consumed in batches, so memory stays bounded). A row that
+    fails validation, or references a missing parent, raises :class:`RowError` /
+    :class:`MissingParentError` naming table, key and column; the caller's transaction then
+    rolls back, so nothing of the batch is written. Later duplicates of a key win.
+    """
+    spec = _spec(table)
+    db.register(spec)
+    result = ChangeSet(spec.qualname)
+    per_batch = max(1, min(batch_rows, MAX_PARAMS[db.dialect] // max(1, len(spec.columns))))
+    it = iter(rows)
+    while chunk := list(islice(it, per_batch)):
+        valid = [validate_row(spec, r) for r in chunk] if validate else [dict(r) for r in chunk]
+        for batch in _split_by_bytes(db, spec, _dedupe(spec, valid), batch_bytes):
+            result.extend(_upsert_batch(db, conn, spec, batch, check_parents))
+    return result
+
+
+def _dedupe(spec: TableSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_key: dict[Key, dict[str, Any]] = {}
+    for r in rows:
+        by_key[spec.key_of(r)] = r
+    return list(by_key.values()) if len(by_key) != len(rows) else rows
+
+
+def _split_by_bytes(
+    db: Database, spec: TableSpec, rows: list[dict[str, Any]], limit: int
+) -> Iterator[list[tuple[dict[str, Any], tuple[Any, ...]]]]:
+    """Encode rows and cut them into batches whose SQL stays under ``limit`` bytes."""
+    codecs = db.codecs(spec)
+    names = spec.column_names
+    batch: list[tuple[dict[str, Any], tuple[Any, ...]]] = []
+    size = 0
+    for row in rows:
+        enc = tuple(c.encode(row.get(n)) for c, n in zip(codecs, names, strict=True))
+        # Bytes are hex-encoded by PyMySQL (two characters a byte); other values are small.
+        n = sum(2 * len(v) + 8 if isinstance(v, bytes | str) else 24 for v in enc)
+        if batch and size + n > limit:
+            yield batch
+            batch, size = [], 0
+        batch.append((row, enc))
+        size += n
+    if batch:
+        yield batch
+
+
+def _upsert_batch(
+    db: Database,
+    conn: sa.Connection,
+    spec: TableSpec,
+    batch: list[tuple[dict[str, Any], tuple[Any, ...]]],
+    check_parents: bool,
+) -> ChangeSet:
+    codecs = db.codecs(spec)
+    key_idx = [spec.column_names.index(k) for k in spec.primary_key]
+    stored = _select_existing(db, conn, spec, [tuple(e[i] for i in key_idx) for _, e in batch])
+    cs = ChangeSet(spec.qualname)
+    to_write: list[tuple[Any, ...]] = []
+    for row, enc in batch:
+        key = spec.key_of(row)
+        old = stored.get(tuple(enc[i] for i in key_idx))
+        if old is None:
+            cs.inserted.append(key)
+            to_write.append(enc)
+        elif all(c.same(e, o) for c, e, o in zip(codecs, enc, old, strict=True)):
+            cs.unchanged.append(key)
+        else:
+            cs.updated.append(key)
+            to_write.append(enc)
+    if to_write:
+        if check_parents:
+            missing = missing_parents(db, conn, spec, [dict(zip(spec.column_names, e, strict=True)) for e in to_write], encoded=True)
+            if missing:
+                i, err = missing[0]
+                raise err
+        sql = _upsert_sql(db, spec, len(to_write))
+        try:
+            conn.exec_driver_sql(sql, tuple(v for row in to_write for v in row))
+        except sa.exc.DBAPIError as exc:
+            raise RowError(spec.qualname, None, None, _db_problem(exc)) from None
+    return cs
+
+
+def _select_existing(
+    db: Database, conn: sa.Connection, spec: TableSpec, keys: Sequence[Key]
+) -> dict[Key, tuple[Any, ...]]:
+    """Stored rows for ``keys``, keyed by their normalised (encoded) key."""
+    if not keys:
+        return {}
+    sql = _select_sql(db, spec, len(keys))
+    params = tuple(v for k in keys for v in k)
+    codecs = db.codecs(spec)
+    key_idx = [spec.column_names.index(k) for k in spec.primary_key]
+    key_codecs = [codecs[i] for i in key_idx]
+    out: dict[Key, tuple[Any, ...]] = {}
+    for r in conn.exec_driver_sql(sql, params):
+        out[tuple(c.stored(r[i]) for c, i in zip(key_codecs, key_idx, strict=True))] = tuple(r)
+    return out
+
+
+def missing_parents(
+    db: Database,
+    conn: sa.Connection,
+    table: type[Table] | TableSpec,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    encoded: bool = False,
+) -> list[tuple[int, MissingParentError]]:
+    """Rows whose referenced parent rows do not exist: one query per foreign key and batch.
+
+    ``rows`` are validated rows, or parameter-encoded ones with ``encoded=True``.
+    """
+    spec = _spec(table)
+    problems: dict[int, MissingParentError] = {}
+    for fk in spec.foreign_keys:
+        parent = db.spec(fk.parent)
+        idx = [spec.column_names.index(c) for c in fk.columns]
+        codecs = [db.codecs(spec)[i] for i in idx]
+        wanted: dict[Key, list[int]] = {}
+        for i, row in enumerate(rows):
+            vals = tuple(row[c] for c in fk.columns)
+            if any(v is None for v in vals):
+                continue  # a nullable reference left empty
+            if not encoded:
+                vals = tuple(c.encode(v) for c, v in zip(codecs, vals, strict=True))
+            wanted.setdefault(vals, []).append(i)
+        if not wanted:
+            continue
+        found = _existing_keys(db, conn, parent, fk.parent_columns, list(wanted))
+        for vals, indexes in wanted.items():
+            if vals in found:
+                continue
+            for i in indexes:
+                row = rows[i]
+                key = {k: row[k] for k in spec.primary_key}
+                if encoded:
+                    key = {
+                        k: db.codecs(spec)[spec.column_names.index(k)].decode(v)
+                        for k, v in key.items()
+                    }
+                ref = ", ".join(f"{c}={rows[i][c]!r}" for c in fk.columns)
+                problems.setdefault(
+                    i,
+                    MissingParentError(
+                        spec.qualname,
+                        key,
+                        ", ".join(fk.columns),
+                        f"references {fk.parent} ({ref}), which does not exist",
+                    ),
+                )
+    return sorted(problems.items())
+
+
+def _existing_keys(
+    db: Database, conn: sa.Connection, spec: TableSpec, columns: Sequence[str], keys: list[Key]
+) -> set[Key]:
+    codecs = [db.codecs(spec)[spec.column_names.index(c)] for c in columns]
+    found: set[Key] = set()
+    step = max(1, MAX_PARAMS[db.dialect] // max(1, len(columns)))
+    for start in range(0, len(keys), step):
+        part = keys[start : start + step]
+        sql = _in_sql(db, spec, tuple(columns), tuple(columns), len(part))
+        for r in conn.exec_driver_sql(sql, tuple(v for k in part for v in k)):
+            found.add(tuple(c.stored(v) for c, v in zip(codecs, r, strict=True)))
+    return found
+
+
+def _db_problem(exc: sa.exc.DBAPIError) -> str:
+    return str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+
+
+# --- SQL text, cached per table and batch size ----------------------------------------------------
+
+
+def placeholder(db: Database) -> str:
+    """The driver's positional parameter marker."""
+    return "?" if db.dialect == "sqlite" else "%s"
+
+
+def _in_sql(
+    db: Database, spec: TableSpec, select: tuple[str, ...], match: tuple[str, ...], n: int
+) -> str:
+    cache_key = ("in", spec.qualname, select, match, n)
+    sql = db.sql_cache.get(cache_key)
+    if sql is None:
+        sql = db.sql_cache[cache_key] = _build_in_sql(db, spec, select, match, n)
+    return sql
+
+
+def _build_in_sql(
+    db: Database, spec: TableSpec, select: tuple[str, ...], match: tuple[str, ...], n: int
+) -> str:
+    p = placeholder(db)
+    cols = ", ".join(db.quote(c) for c in select)
+    if len(match) == 1:
+        cond = f"{db.quote(match[0])} IN ({', '.join([p] * n)})"
+    else:
+        tup = "(" + ", ".join([p] * len(match)) + ")"
+        cond = f"({', '.join(db.quote(c) for c in match)}) IN ({', '.join([tup] * n)})"
+    return f"SELECT {cols} FROM {db.qualified(spec)} WHERE {cond}"  # noqa: S608 (quoted)
+
+
+def _select_sql(db: Database, spec: TableSpec, n: int) -> str:
+    return _in_sql(db, spec, spec.column_names, spec.primary_key, n)
+
+
+def _build_upsert_sql(db: Database, spec: TableSpec, n: int) -> str:
+    p = placeholder(db)
+    cols = [db.quote(c) for c in spec.column_names]
+    row = "(" + ", ".join([p] * len(cols)) + ")"
+    head = f"INSERT INTO {db.qualified(spec)} ({', '.join(cols)}) VALUES {', '.join([row] * n)}"
+    values = [db.quote(c.name) for c in spec.columns if not c.in_key]
+    if db.dialect == "mysql":
+        if not values:  # key-only table: a no-op update keeps real errors (unlike IGNORE)
+            k = db.quote(spec.primary_key[0])
+            return f"{head} ON DUPLICATE KEY UPDATE {k} = {k}"
+        return f"{head} ON DUPLICATE KEY UPDATE " + ", ".join(f"{c} = VALUES({c})" for c in values)
+    conflict = ", ".join(db.quote(k) for k in spec.primary_key)
+    if not values:
+        return f"{head} ON CONFLICT ({conflict}) DO NOTHING"
+    sets = ", ".join(f"{c} = excluded.{c}" for c in values)
+    return f"{head} ON CONFLICT ({conflict}) DO UPDATE SET {sets}"
+
+
+def _upsert_sql(db: Database, spec: TableSpec, n: int) -> str:
+    cache_key = ("upsert", spec.qualname, n)
+    sql = db.sql_cache.get(cache_key)
+    if sql is None:
+        sql = db.sql_cache[cache_key] = _build_upsert_sql(db, spec, n)
+    return sql
