@@ -74,6 +74,8 @@ class Database:
         self._codecs: dict[str, list[Codec]] = {}
         # SQL text built by upsert/cascade, per (purpose, table, batch size): see upsert.py.
         self.sql_cache: dict[tuple[Any, ...], str] = {}
+        # Per-database objects of other modules (bookkeeping tables, ...), built on first use.
+        self.extensions: dict[str, Any] = {}
         self._preparer = self.engine.dialect.identifier_preparer
 
     def __repr__(self) -> str:
@@ -130,6 +132,11 @@ class Database:
         t = self._tables.get(spec.qualname)
         if t is None:
             self.register(spec)
+            # SQLAlchemy resolves a foreign key through the metadata: build parents first, even
+            # when they already exist in the database and were never created by this instance.
+            for fk in spec.foreign_keys:
+                if fk.parent != spec.qualname:
+                    self.table(self.spec(fk.parent))
             schema, name = self.physical(spec)
             key = f"{schema}.{name}" if schema else name
             if key in self.metadata.tables:
@@ -321,12 +328,12 @@ class Database:
                 elif self.dialect == "postgresql":
                     conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {self.quote(schema)} CASCADE")
                 else:
-                    insp = sa.inspect(conn)
-                    for name in insp.get_table_names():
-                        if name.startswith(schema + "."):
-                            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                    # PRAGMA foreign_keys cannot change inside a transaction, so drop children
+                    # before their parents instead.
+                    ordered = sa.inspect(conn).get_sorted_table_and_fkc_names()
+                    for name, _ in reversed(ordered):
+                        if name is not None and name.startswith(schema + "."):
                             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self.quote(name)}")
-                    conn.exec_driver_sql("PRAGMA foreign_keys=ON")
 
     def dispose(self) -> None:
         """Close every pooled connection."""

@@ -1,0 +1,246 @@
+"""Operations on limsync's bookkeeping: ledger entries, cursors, outbox and quarantine.
+
+Every function takes the caller's connection, so a batch's rows, ledger entries, cursor and
+outbox commit in one transaction (see :mod:`limsync.pipeline.state` for the tables).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from limsync.pipeline.state import StateTables, utcnow
+
+CHUNK = 1000
+
+
+def _chunks(keys: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(keys), CHUNK):
+        yield keys[start : start + CHUNK]
+
+
+# --- ledger entries
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """What the ledger holds about one source record."""
+
+    content_hash: str
+    state: str
+    targets: list[tuple[str, list[Any]]]
+
+
+def key_text(key: Sequence[Any]) -> str:
+    """A source key as the ledger stores it: canonical JSON of the key tuple."""
+    return json.dumps(list(key), separators=(",", ":"), default=str)
+
+
+def lookup(
+    conn: sa.Connection, st: StateTables, connector: str, stream: str, keys: Sequence[str]
+) -> dict[str, LedgerEntry]:
+    """Ledger entries for ``keys`` (key texts), one query per 1,000 keys."""
+    out: dict[str, LedgerEntry] = {}
+    t = st.ledger
+    for part in _chunks(keys):
+        q = sa.select(t.c.source_key, t.c.content_hash, t.c.state, t.c.targets).where(
+            t.c.connector == connector, t.c.stream == stream, t.c.source_key.in_(part)
+        )
+        for k, h, s, targets in conn.execute(q):
+            out[k] = LedgerEntry(h, s, [(n, list(v)) for n, v in json.loads(targets)])
+    return out
+
+
+def record(
+    conn: sa.Connection,
+    st: StateTables,
+    connector: str,
+    stream: str,
+    entries: Iterable[tuple[str, str, list[tuple[str, list[Any]]]]],
+    run_id: int,
+    existing: set[str],
+) -> None:
+    """Write (key, hash, targets) entries as present; ``existing`` keys are updated in place."""
+    now = utcnow()
+    new: list[dict[str, Any]] = []
+    changed: list[dict[str, Any]] = []
+    for key, h, targets in entries:
+        row = {
+            "connector": connector, "stream": stream, "source_key": key, "content_hash": h,
+            "state": "present", "targets": json.dumps(targets, default=str, separators=(",", ":")),
+            "last_changed": now, "run_id": run_id,
+        }  # fmt: skip
+        (changed if key in existing else new).append(row)
+    t = st.ledger
+    if new:
+        conn.execute(t.insert(), [{**r, "first_seen": now} for r in new])
+    if changed:
+        conn.execute(
+            t.update()
+            .where(
+                t.c.connector == sa.bindparam("b_connector"),
+                t.c.stream == sa.bindparam("b_stream"),
+                t.c.source_key == sa.bindparam("b_key"),
+            )
+            .values(
+                content_hash=sa.bindparam("content_hash"),
+                state="present",
+                targets=sa.bindparam("targets"),
+                last_changed=sa.bindparam("last_changed"),
+                run_id=sa.bindparam("run_id"),
+            ),
+            [
+                {**r, "b_connector": connector, "b_stream": stream, "b_key": r["source_key"]}
+                for r in changed
+            ],
+        )
+
+
+def present_keys(
+    conn: sa.Connection, st: StateTables, connector: str, stream: str
+) -> Iterable[str]:
+    """Every key the ledger holds as present for a stream, streamed."""
+    t = st.ledger
+    q = sa.select(t.c.source_key).where(
+        t.c.connector == connector, t.c.stream == stream, t.c.state == "present"
+    )
+    for (k,) in conn.execution_options(yield_per=5000).execute(q):
+        yield k
+
+
+def mark(
+    conn: sa.Connection,
+    st: StateTables,
+    connector: str,
+    stream: str,
+    keys: Sequence[str],
+    state: str,
+    run_id: int,
+) -> None:
+    """Set the state (``gone`` or ``present``) of ledger entries."""
+    t = st.ledger
+    for part in _chunks(keys):
+        conn.execute(
+            t.update()
+            .where(t.c.connector == connector, t.c.stream == stream, t.c.source_key.in_(part))
+            .values(state=state, last_changed=utcnow(), run_id=run_id)
+        )
+
+
+def forget(
+    conn: sa.Connection, st: StateTables, connector: str, stream: str, keys: Sequence[str]
+) -> None:
+    """Remove ledger entries (after their rows were deleted)."""
+    t = st.ledger
+    for part in _chunks(keys):
+        conn.execute(
+            t.delete().where(
+                t.c.connector == connector, t.c.stream == stream, t.c.source_key.in_(part)
+            )
+        )
+
+
+# --- cursors
+
+
+def get_cursor(conn: sa.Connection, st: StateTables, connector: str, stream: str) -> str | None:
+    """The committed cursor of a stream, or None."""
+    t = st.cursor
+    return conn.execute(
+        sa.select(t.c.value).where(t.c.connector == connector, t.c.stream == stream)
+    ).scalar()
+
+
+def set_cursor(
+    conn: sa.Connection, st: StateTables, connector: str, stream: str, value: str
+) -> None:
+    """Store a stream's cursor (inside the batch's transaction)."""
+    t = st.cursor
+    updated = conn.execute(
+        t.update()
+        .where(t.c.connector == connector, t.c.stream == stream)
+        .values(value=value, updated_at=utcnow())
+    ).rowcount
+    if not updated:
+        conn.execute(
+            t.insert().values(connector=connector, stream=stream, value=value, updated_at=utcnow())
+        )
+
+
+# --- outbox
+
+
+def emit(
+    conn: sa.Connection,
+    st: StateTables,
+    table: str,
+    keys: Iterable[Sequence[Any]],
+    change: str,
+    run_id: int,
+) -> int:
+    """Queue changed keys of a table for downstream recompute; returns how many."""
+    now = utcnow()
+    rows = [
+        {
+            "table_name": table,
+            "row_key": key_text(k),
+            "change": change,
+            "run_id": run_id,
+            "created_at": now,
+        }
+        for k in keys
+    ]
+    if rows:
+        conn.execute(st.outbox.insert(), rows)
+    return len(rows)
+
+
+# --- quarantine
+
+
+def quarantine(
+    conn: sa.Connection,
+    st: StateTables,
+    connector: str,
+    stream: str,
+    items: Sequence[tuple[str, str, str, Any]],
+    run_id: int,
+) -> None:
+    """Store (key, stage, error, raw record) items, replacing earlier entries of the same keys."""
+    if not items:
+        return
+    t = st.quarantine
+    keys = [k for k, *_ in items]
+    for part in _chunks(keys):
+        conn.execute(
+            t.delete().where(
+                t.c.connector == connector, t.c.stream == stream, t.c.source_key.in_(part)
+            )
+        )
+    now = utcnow()
+    rows = {
+        k: {
+            "connector": connector, "stream": stream, "source_key": k, "stage": stage,
+            "error": error, "raw": json.dumps(raw, default=str), "run_id": run_id,
+            "created_at": now,
+        }
+        for k, stage, error, raw in items
+    }  # fmt: skip
+    conn.execute(t.insert(), list(rows.values()))
+
+
+def release_quarantine(
+    conn: sa.Connection, st: StateTables, connector: str, stream: str, keys: Sequence[str]
+) -> None:
+    """Drop quarantine entries of records that have now landed."""
+    t = st.quarantine
+    for part in _chunks(keys):
+        conn.execute(
+            t.delete().where(
+                t.c.connector == connector, t.c.stream == stream, t.c.source_key.in_(part)
+            )
+        )
