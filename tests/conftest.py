@@ -48,8 +48,11 @@ def _drop_prefixed(url: str, prefix: str) -> None:
                         (prefix.replace("_", "\\_") + "%",),
                     )
                 ]
+                # Schemas reference each other: drop them without FK checks, in any order.
+                conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS=0")
                 for n in names:
                     conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{n}`")
+                conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS=1")
             else:
                 names = [
                     r[0]

@@ -88,8 +88,9 @@ def plan_delete(
                 continue  # references a non-key unique column: not produced by limsync tables
             wanted = list({tuple(k[i] for i in pos) for k in node_keys})
             rows = _select_matching(db, conn, edge.child, child_pk, edge.columns, wanted)
-            new = [r for r in rows if r not in found.setdefault(edge.child, set())]
-            found[edge.child].update(new)
+            known = found.setdefault(edge.child, set())
+            new = [r for r in rows if r not in known]
+            known.update(new)
             if new:
                 frontier.append((edge.child, new))
     order = list(reversed(list(nx.topological_sort(graph))))

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 
 from limsync.errors import (
@@ -25,7 +26,7 @@ from limsync.errors import (
 )
 from limsync.pipeline import ddl, reflect
 from limsync.pipeline.codecs import Codec, codec_for
-from limsync.pipeline.tables import Schema, Table, TableSpec, tables_in
+from limsync.pipeline.tables import ColumnSpec, Schema, Table, TableSpec, tables_in
 
 Dialect = str  # "sqlite" | "mysql" | "postgresql"
 PREFIX_RE = re.compile(r"[a-z0-9_]*")
@@ -103,6 +104,17 @@ class Database:
         schema, name = self.physical(spec)
         return f"{self.quote(schema)}.{self.quote(name)}" if schema else self.quote(name)
 
+    def select_column(self, spec: TableSpec, name: str) -> str:
+        """A column as an item of a SELECT list.
+
+        MySQL and MariaDB print FLOAT values with six significant digits (1.2345678 comes back
+        as 1.23457), so float32 columns are read as DOUBLE there, which is exact.
+        """
+        quoted = self.quote(name)
+        if self.dialect == "mysql" and spec.column(name).type.kind == "float32":
+            return f"({quoted} + 0E0)"
+        return quoted
+
     # -- registry ---------------------------------------------------------------------------------
 
     def spec(self, qualname: str) -> TableSpec:
@@ -135,8 +147,13 @@ class Database:
             # SQLAlchemy resolves a foreign key through the metadata: build parents first, even
             # when they already exist in the database and were never created by this instance.
             for fk in spec.foreign_keys:
+                if fk.parent not in self._specs:
+                    raise DeclarationError(
+                        f"table {spec.qualname} references {fk.parent}, which this database does "
+                        "not know: declare (or reflect) the parent too"
+                    )
                 if fk.parent != spec.qualname:
-                    self.table(self.spec(fk.parent))
+                    self.table(self._specs[fk.parent])
             schema, name = self.physical(spec)
             key = f"{schema}.{name}" if schema else name
             if key in self.metadata.tables:
@@ -155,9 +172,7 @@ class Database:
 
     # -- declare and reflect ----------------------------------------------------------------------
 
-    def declare(
-        self, *items: Schema | type[Table] | TableSpec, migrate: bool = False
-    ) -> list[str]:
+    def declare(self, *items: Schema | type[Table] | TableSpec, migrate: bool = False) -> list[str]:
         """Create missing schemas and tables; check existing ones against their declaration.
 
         Idempotent. An existing table that differs raises :class:`SchemaMismatchError` listing
@@ -173,8 +188,9 @@ class Database:
         ordered = [s for s in load_order(self.specs) if s in specs]
         changed: list[str] = []
         with self.transaction() as conn:
-            for schema in sorted({self.physical(s)[0] for s in ordered} - {None}):
-                self._create_schema(conn, schema)  # type: ignore[arg-type]
+            schemas = {name for s in ordered if (name := self.physical(s)[0]) is not None}
+            for schema in sorted(schemas):
+                self._create_schema(conn, schema)
         for spec in ordered:
             with self.transaction() as conn:
                 if self._exists(conn, spec):
@@ -208,67 +224,103 @@ class Database:
             return False
         have = set(existing.column_names)
         addable = [c for c in spec.columns if c.name not in have and c.nullable and not c.in_key]
+        # Each addable column accounts for exactly one difference ("column x is missing").
         if migrate and len(addable) == len(diffs):
-            table = self.table(spec)
-            for col in addable:
-                coltype = table.c[col.name].type.compile(dialect=self.engine.dialect)
-                comment = ""
-                if self.dialect == "mysql":
-                    text = ddl.column_comment(col, self.dialect).replace("'", "''")
-                    comment = f" COMMENT '{text}'"
-                conn.exec_driver_sql(
-                    f"ALTER TABLE {self.qualified(spec)} ADD COLUMN {self.quote(col.name)} {coltype} NULL"
-                    + comment
-                )
-                if self.dialect == "postgresql":
-                    text = ddl.column_comment(col, self.dialect).replace("'", "''")
-                    conn.exec_driver_sql(
-                        f"COMMENT ON COLUMN {self.qualified(spec)}.{self.quote(col.name)} "
-                        f"IS '{text}'"
-                    )
+            self._add_columns(conn, spec, addable)
             return True
         raise SchemaMismatchError(spec.qualname, diffs)
 
-    def _logical_name(self, schema: str | None, table: str) -> str:
+    def _add_columns(self, conn: sa.Connection, spec: TableSpec, columns: list[ColumnSpec]) -> None:
+        """``ALTER TABLE ... ADD COLUMN`` for new nullable columns, with comment and default."""
+        table = self.table(spec)
+        dialect = self.engine.dialect
+        for col in columns:
+            coltype = table.c[col.name].type
+            if isinstance(coltype, postgresql.ENUM):
+                coltype.create(conn, checkfirst=True)  # a new enum needs its type first
+            sql = (
+                f"ALTER TABLE {self.qualified(spec)} "
+                f"ADD COLUMN {self.quote(col.name)} {coltype.compile(dialect=dialect)}"
+            )
+            default = ddl.server_default(col, self.dialect)
+            if isinstance(default, str):
+                sql += f" DEFAULT {self._literal(default)}"
+            elif default is not None:
+                sql += f" DEFAULT {default.text}"
+            sql += " NULL"
+            comment = self._literal(ddl.column_comment(col, self.dialect))
+            if self.dialect == "mysql":
+                sql += f" COMMENT {comment}"
+            conn.execute(sa.text(_escape_colons(sql)))
+            if self.dialect == "postgresql":
+                conn.execute(
+                    sa.text(
+                        f"COMMENT ON COLUMN {self.qualified(spec)}.{self.quote(col.name)} "
+                        f"IS {_escape_colons(comment)}"
+                    )
+                )
+
+    def _literal(self, value: str) -> str:
+        """A SQL string literal, escaped the way this dialect needs (MySQL: backslashes too)."""
+        render = sa.String().literal_processor(dialect=self.engine.dialect)  # type: ignore[no-untyped-call]
+        assert render is not None
+        return str(render(value))
+
+    def _logical_schema(self, physical: str) -> str:
+        """The pipeline schema of a physical database/schema (the prefix removed)."""
+        if self.schema_prefix and physical.startswith(self.schema_prefix):
+            return physical[len(self.schema_prefix) :]
+        return physical
+
+    def _split_physical(self, schema: str | None, table: str) -> tuple[str, str]:
+        """(physical schema, table name) of a table as SQLAlchemy's inspector names it."""
         if self.dialect == "sqlite":
-            schema, _, table = table.rpartition(".")
-        schema = schema or ""
-        if self.schema_prefix and schema.startswith(self.schema_prefix):
-            schema = schema[len(self.schema_prefix) :]
-        return f"{schema}.{table}"
+            physical, _, name = table.rpartition(".")
+            return physical, name
+        return schema or "", table
+
+    def _logical_name(self, schema: str | None, table: str) -> str:
+        physical, name = self._split_physical(schema, table)
+        return f"{self._logical_schema(physical)}.{name}"
 
     def reflect(self, schema: str, table: str, *, physical: bool = False) -> TableSpec:
         """Read an existing table (e.g. one a DataJoint pipeline declared) to write into it.
 
         ``schema`` is the logical pipeline schema (the prefix is added), or with
         ``physical=True`` the exact database/schema name. Parents are reflected too, so the
-        table's foreign keys resolve.
+        table's foreign keys resolve, wherever they live.
         """
         db_schema = schema if physical else self.physical_schema(schema)
-        logical = self._logical_name(db_schema, table) if self.dialect != "sqlite" else None
+        parents: dict[str, str] = {}  # logical name of each parent -> its physical schema
+
+        def logical_parent(sql_schema: str | None, sql_table: str) -> str:
+            parent_schema, parent_name = self._split_physical(sql_schema, sql_table)
+            qualname = f"{self._logical_schema(parent_schema)}.{parent_name}"
+            parents[qualname] = parent_schema
+            return qualname
+
+        sql_schema, sql_name = (
+            (None, f"{db_schema}.{table}") if self.dialect == "sqlite" else (db_schema, table)
+        )
+        logical_schema = self._logical_schema(db_schema)
         with self.engine.connect() as conn:
-            sql_schema, sql_name = (
-                (None, f"{db_schema}.{table}") if self.dialect == "sqlite" else (db_schema, table)
-            )
             spec = reflect.reflect_table(
                 conn,
                 sql_schema,
                 sql_name,
-                logical_schema=(logical or f"{schema}.").split(".")[0] or schema,
-                logical_parent=self._logical_name,
+                logical_schema=logical_schema,
+                logical_parent=logical_parent,
             )
         spec.name = table
-        spec.database_schema = db_schema if physical else None
-        if self.dialect == "sqlite":
-            spec.schema = schema
+        if db_schema != self.physical_schema(logical_schema):
+            spec.database_schema = db_schema  # outside the prefix: keep the exact name
         existing = self._specs.get(spec.qualname)
         if existing is not None and existing.declared:
             return existing
         self.register(spec)
         for fk in spec.foreign_keys:
             if fk.parent not in self._specs:
-                pschema, _, pname = fk.parent.partition(".")
-                self.reflect(pschema, pname)
+                self.reflect(parents[fk.parent], fk.parent.split(".", 1)[1], physical=True)
         return spec
 
     # -- transactions and reads -------------------------------------------------------------------
@@ -277,16 +329,17 @@ class Database:
     def transaction(self) -> Iterator[sa.Connection]:
         """A connection in a transaction: committed on success, rolled back on error."""
         try:
-            with self.engine.begin() as conn:
+            with (
+                self.engine.connect().execution_options(limsync_write=True) as conn,
+                conn.begin(),
+            ):
                 yield conn
         except sa.exc.OperationalError as exc:
             if _is_connect_error(exc):
                 raise DatabaseUnreachableError(
                     f"cannot connect to database {safe_url(self.url)}: {_driver_message(exc)}"
                 ) from None
-            raise DatabaseError(
-                f"database {safe_url(self.url)}: {_driver_message(exc)}"
-            ) from exc
+            raise DatabaseError(f"database {safe_url(self.url)}: {_driver_message(exc)}") from exc
 
     def fetch(
         self,
@@ -297,7 +350,7 @@ class Database:
     ) -> list[dict[str, Any]]:
         """Every row of a table, decoded to Python values (for tests, the CLI and small tables)."""
         spec = table if isinstance(table, TableSpec) else table.spec
-        cols = ", ".join(self.quote(c) for c in spec.column_names)
+        cols = ", ".join(self.select_column(spec, c) for c in spec.column_names)
         order = ""
         if order_by_key:
             order = " ORDER BY " + ", ".join(self.quote(c) for c in spec.primary_key)
@@ -307,7 +360,10 @@ class Database:
             c = conn or stack.enter_context(self.engine.connect())
             rows = c.exec_driver_sql(sql).fetchall()
         return [
-            {name: codec.decode(v) for name, codec, v in zip(spec.column_names, codecs, r, strict=True)}
+            {
+                name: codec.decode(v)
+                for name, codec, v in zip(spec.column_names, codecs, r, strict=True)
+            }
             for r in rows
         ]
 
@@ -324,7 +380,10 @@ class Database:
         with self.engine.begin() as conn:
             for schema in schemas:
                 if self.dialect == "mysql":
+                    # Schemas may reference each other: let the drop order not matter.
+                    conn.exec_driver_sql("SET SESSION foreign_key_checks = 0")
                     conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {self.quote(schema)}")
+                    conn.exec_driver_sql("SET SESSION foreign_key_checks = 1")
                 elif self.dialect == "postgresql":
                     conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {self.quote(schema)} CASCADE")
                 else:
@@ -359,7 +418,10 @@ def _create_engine(url: sa.URL, dialect: Dialect, options: dict[str, Any]) -> sa
 
         @sa.event.listens_for(engine, "begin")
         def _sqlite_begin(conn: sa.Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writers take the write lock up front (no deadlock on lock upgrade); readers start
+            # a deferred transaction, so they never wait for a writer under WAL.
+            write = conn.get_execution_options().get("limsync_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
     if dialect == "mysql":
@@ -391,13 +453,19 @@ def _is_connect_error(exc: sa.exc.OperationalError) -> bool:
             "unable to open database",
             "unknown database",
             "does not exist",
-            "timeout",
+            "timed out",  # MySQL connect timeout (not "Lock wait timeout exceeded")
+            "timeout expired",  # PostgreSQL connect timeout (not a statement timeout)
         )
     )
 
 
 def _driver_message(exc: sa.exc.DBAPIError) -> str:
     return str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+
+
+def _escape_colons(sql: str) -> str:
+    # sa.text() reads ":name" as a bind parameter; DataJoint's comments are full of colons.
+    return sql.replace(":", "\\:")
 
 
 def quoted_list(db: Database, names: Sequence[str]) -> str:

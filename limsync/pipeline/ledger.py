@@ -100,16 +100,14 @@ def record(
         )
 
 
-def present_keys(
+def known_keys(
     conn: sa.Connection, st: StateTables, connector: str, stream: str
-) -> Iterable[str]:
-    """Every key the ledger holds as present for a stream, streamed."""
+) -> Iterator[tuple[str, str]]:
+    """Every (key, state) the ledger holds for a stream, streamed."""
     t = st.ledger
-    q = sa.select(t.c.source_key).where(
-        t.c.connector == connector, t.c.stream == stream, t.c.state == "present"
-    )
-    for (k,) in conn.execution_options(yield_per=5000).execute(q):
-        yield k
+    q = sa.select(t.c.source_key, t.c.state).where(t.c.connector == connector, t.c.stream == stream)
+    for k, state in conn.execute(q, execution_options={"yield_per": 5000}):
+        yield k, state
 
 
 def mark(

@@ -37,6 +37,13 @@ class Lock:
         self._conn: sa.Connection | None = None
         self._server_name = _server_lock_name(db, name)
 
+    def __enter__(self) -> Lock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
     def acquire(self) -> None:
         """Take the lock now or raise :class:`LockHeldError`."""
         if self.db.dialect == "sqlite":

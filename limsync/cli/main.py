@@ -1,0 +1,477 @@
+"""The ``limsync`` command: each subcommand is a thin shell over one library function.
+
+Results go to stdout (a rich table, or JSON with ``--json``), logs to stderr. Exit codes: 0 ok,
+1 a stream or run failed, 2 usage or configuration error. A :class:`LimsyncError` is printed as
+one line (``error: ...``) without a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from limsync import __version__
+from limsync.config.settings import Settings, load_settings
+from limsync.errors import LimsyncError
+from limsync.sync.report import SyncReport
+
+F = TypeVar("F", bound=Callable[..., Any])
+out = Console()
+err = Console(stderr=True)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn LimsyncError into one line on stderr and its exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LimsyncError as exc:
+            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def config_option(fn: F) -> F:
+    """``--config PATH`` on every command (default ./limsync.toml)."""
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Configuration file (default: ./limsync.toml, then LIMSYNC_* variables).",
+    )(fn)
+
+
+def json_option(fn: F) -> F:
+    """``--json`` for machine-readable output."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(
+        fn
+    )
+
+
+def echo_json(data: Any) -> None:
+    """Print JSON to stdout."""
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="limsync")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv: debug).")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    help="Log lines as text or JSON lines.",
+)
+def cli(verbose: int, log_format: str) -> None:
+    """Keep a lab's data pipeline in step with its LIMS (Alyx, PyRAT, legacy exports)."""
+    from limsync.cli.logs import setup_logging
+
+    setup_logging(verbose, log_format)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()
+
+
+@contextmanager
+def opened(config_path: Path | None) -> Iterator[tuple[Settings, Any]]:
+    """Settings and database for a command."""
+    from limsync.sync.runner import open_database
+
+    settings = load_settings(config_path)
+    db = open_database(settings)
+    try:
+        yield settings, db
+    finally:
+        db.dispose()
+
+
+# --- reports
+
+
+def print_reports(reports: list[SyncReport], as_json: bool) -> int:
+    """Print sync reports; returns the exit code (1 if anything failed)."""
+    if as_json:
+        echo_json([r.to_dict() for r in reports])
+    else:
+        for r in reports:
+            title = f"{r.connector} ({r.mode}{', dry run' if r.dry_run else ''})"
+            if r.run_id:
+                title += f", run {r.run_id}"
+            t = Table(title=title, title_justify="left")
+            for col in ("stream", "read", "new", "changed", "unchanged", "quarantined", "gone",
+                        "deleted", "rows written", "seconds", "error"):  # fmt: skip
+                t.add_column(col, justify="left" if col in ("stream", "error") else "right")
+            for s in r.streams:
+                t.add_row(
+                    s.stream, str(s.read), str(s.new), str(s.changed), str(s.unchanged),
+                    str(s.quarantined), str(s.gone), str(s.deleted), str(s.rows_written),
+                    f"{s.seconds:.1f}", s.error or "",
+                )  # fmt: skip
+            out.print(t)
+            if r.error:
+                err.print(f"[bold red]error:[/] {r.error}", highlight=False)
+    return 0 if all(r.ok for r in reports) else 1
+
+
+# --- commands
+
+
+@cli.command()
+@config_option
+@json_option
+@click.argument("select", nargs=-1)
+@click.option("--incremental", is_flag=True, help="Read only what changed since the cursor.")
+@click.option("--force", is_flag=True, help="Delete even above the delete threshold.")
+@handle_errors
+def sync(config_path: Path | None, as_json: bool, select: tuple[str, ...], incremental: bool,
+         force: bool) -> None:  # fmt: skip
+    """Sync connectors (all, or SELECT: NAME or NAME.STREAM) into the pipeline."""
+    from limsync.cli.progress import progress_bars
+    from limsync.sync.runner import sync as run_sync
+
+    settings = load_settings(config_path)
+    with progress_bars(enabled=not as_json) as progress:
+        reports = run_sync(settings, select, full=not incremental, force_delete=force,
+                           progress=progress)  # fmt: skip
+    sys.exit(print_reports(reports, as_json))
+
+
+@cli.command()
+@config_option
+@json_option
+@click.argument("select", nargs=-1)
+@click.option("--incremental", is_flag=True, help="Plan an incremental run.")
+@handle_errors
+def plan(
+    config_path: Path | None, as_json: bool, select: tuple[str, ...], incremental: bool
+) -> None:
+    """Show what a sync would insert, update, quarantine and delete, changing nothing."""
+    from limsync.sync.runner import sync as run_sync
+
+    settings = load_settings(config_path)
+    reports = run_sync(settings, select, full=not incremental, dry_run=True)
+    if not as_json:
+        for r in reports:
+            for s in r.streams:
+                for table, c in sorted(s.tables.items()):
+                    out.print(
+                        f"  {s.stream}: {table} would insert {c['inserted']}, update "
+                        f"{c['updated']}",
+                        highlight=False,
+                    )
+                for table, n in sorted(s.deleted_rows.items()):
+                    out.print(f"  {s.stream}: {table} would delete {n}", highlight=False)
+    sys.exit(print_reports(reports, as_json))
+
+
+@cli.command()
+@config_option
+@json_option
+@handle_errors
+def check(config_path: Path | None, as_json: bool) -> None:
+    """Check settings, the database, each connector's credentials and one page per stream."""
+    from limsync.sync.runner import open_database, prepare
+
+    settings = load_settings(config_path)
+    results: list[dict[str, Any]] = [{"name": "settings", "ok": True, "detail": "valid"}]
+    db = open_database(settings)
+    results.append({"name": "database", "ok": True, "detail": repr(db)})
+    try:
+        for name in settings.connectors:
+            prepared = prepare(settings, db, name)
+            for c in prepared.connector.check():
+                results.append({"name": f"{name}: {c.name}", "ok": c.ok, "detail": c.detail})
+    finally:
+        db.dispose()
+    if as_json:
+        echo_json(results)
+    else:
+        for r in results:
+            mark = "[green]ok[/]" if r["ok"] else "[red]FAIL[/]"
+            out.print(f"{mark}  {r['name']}: {r['detail']}", highlight=False)
+    sys.exit(0 if all(r["ok"] for r in results) else 1)
+
+
+@cli.command()
+@config_option
+@json_option
+@handle_errors
+def discover(config_path: Path | None, as_json: bool) -> None:
+    """List each connector's streams and the pipeline tables they write."""
+    from limsync.connectors import registry
+    from limsync.sync.runner import mapping_module
+
+    settings = load_settings(config_path)
+    rows: list[dict[str, Any]] = []
+    for name in settings.connectors:
+        cls = registry.get(settings.connector_settings(name).type)
+        maps = mapping_module(cls).STREAM_MAPS
+        for stream in cls.streams.values():
+            smap = maps.get(stream.name)
+            rows.append({
+                "connector": name, "stream": stream.name, "path": stream.path,
+                "key": list(stream.key), "cursor": stream.cursor.field if stream.cursor else None,
+                "tables": [s.qualname for s in smap.specs] if smap else [],
+            })  # fmt: skip
+    if as_json:
+        echo_json(rows)
+        return
+    t = Table("connector", "stream", "path", "key", "cursor", "tables")
+    for r in rows:
+        t.add_row(r["connector"], r["stream"], r["path"], ",".join(r["key"]), r["cursor"] or "",
+                  ", ".join(r["tables"]))  # fmt: skip
+    out.print(t)
+
+
+@cli.command()
+@click.option("--path", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("limsync.toml"), show_default=True, help="Where to write.")  # fmt: skip
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@handle_errors
+def init(path: Path, force: bool) -> None:
+    """Write a commented example limsync.toml."""
+    from limsync.config.example import EXAMPLE
+    from limsync.errors import ConfigError
+
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists (use --force to overwrite)")
+    path.write_text(EXAMPLE, encoding="utf-8")
+    out.print(f"wrote {path}; set the password with LIMSYNC_CONNECTORS__ALYX__PASSWORD")
+
+
+@cli.command()
+@handle_errors
+def connectors() -> None:
+    """List installed connector types (built-in and plugins)."""
+    from limsync.connectors import registry
+
+    t = Table("type", "class", "streams")
+    for name, cls in sorted(registry.available().items()):
+        t.add_row(name, f"{cls.__module__}.{cls.__qualname__}", ", ".join(cls.streams))
+    out.print(t)
+    for name, problem in sorted(registry.broken().items()):
+        err.print(f"[red]broken plugin[/] {name}: {problem}", highlight=False)
+
+
+@cli.command()
+@config_option
+@json_option
+@click.option("--connector", help="Only this connector.")
+@click.option("--status", "status_", help="Only runs with this status.")
+@click.option("--limit", default=20, show_default=True, help="How many runs.")
+@handle_errors
+def runs(config_path: Path | None, as_json: bool, connector: str | None, status_: str | None,
+         limit: int) -> None:  # fmt: skip
+    """List past runs, newest first."""
+    from limsync.pipeline import state
+
+    with opened(config_path) as (_, db):
+        rows = state.runs(db, connector=connector, status=status_, limit=limit)
+    if as_json:
+        echo_json(rows)
+        return
+    t = Table("run", "connector", "kind", "mode", "status", "started", "finished", "read",
+              "inserted", "updated", "quarantined", "error")  # fmt: skip
+    for r in rows:
+        c = r["counts"]
+        t.add_row(str(r["run_id"]), r["connector"], r["kind"], r["mode"], r["status"],
+                  str(r["started_at"])[:19], str(r["finished_at"] or "")[:19],
+                  str(c.get("read", "")), str(c.get("inserted", "")), str(c.get("updated", "")),
+                  str(c.get("quarantined", "")), (r["error"] or "")[:60])  # fmt: skip
+    out.print(t)
+
+
+@cli.command()
+@config_option
+@json_option
+@handle_errors
+def status(config_path: Path | None, as_json: bool) -> None:
+    """One screen: each connector's last run, freshness, quarantine and backlog."""
+    from limsync.sync import admin
+
+    with opened(config_path) as (settings, db):
+        rows = admin.status(db, settings)
+    if as_json:
+        echo_json(rows)
+        return
+    t = Table("connector", "last run", "outcome", "last success", "records", "quarantined",
+              "outbox backlog")  # fmt: skip
+    for r in rows:
+        last = r["last_run"] or {}
+        t.add_row(r["connector"], str(last.get("started_at", "never"))[:19],
+                  str(last.get("status", "")), str(r["last_success"] or "never")[:19],
+                  str(r["records"].get("present", 0)), str(r["quarantined"]),
+                  str(r["outbox_backlog"]))  # fmt: skip
+    out.print(t)
+
+
+@cli.group()
+def quarantine() -> None:
+    """Records that failed validation, mapping or writing."""
+
+
+@quarantine.command("list")
+@config_option
+@json_option
+@click.option("--connector", help="Only this connector.")
+@click.option("--stream", help="Only this stream.")
+@handle_errors
+def quarantine_list(config_path: Path | None, as_json: bool, connector: str | None,
+                    stream: str | None) -> None:  # fmt: skip
+    """List quarantined records with their stage and error."""
+    from limsync.sync import admin
+
+    with opened(config_path) as (_, db):
+        rows = admin.quarantine_list(db, connector, stream)
+    if as_json:
+        echo_json(rows)
+        return
+    t = Table("connector", "stream", "key", "stage", "error")
+    for r in rows:
+        t.add_row(r["connector"], r["stream"], r["source_key"], r["stage"], r["error"])
+    out.print(t)
+
+
+@quarantine.command("show")
+@config_option
+@click.argument("connector")
+@click.argument("stream")
+@click.argument("key")
+@handle_errors
+def quarantine_show(config_path: Path | None, connector: str, stream: str, key: str) -> None:
+    """Show one quarantined record, raw payload included (KEY as listed)."""
+    from limsync.sync import admin
+
+    with opened(config_path) as (_, db):
+        echo_json(admin.quarantine_show(db, connector, stream, key))
+
+
+@quarantine.command("replay")
+@config_option
+@json_option
+@click.argument("connector")
+@click.option("--stream", help="Only this stream.")
+@click.option("--key", "keys", multiple=True, help="Only these keys (repeatable).")
+@handle_errors
+def quarantine_replay(config_path: Path | None, as_json: bool, connector: str,
+                      stream: str | None, keys: tuple[str, ...]) -> None:  # fmt: skip
+    """Run quarantined records through validation, mapping and writing again."""
+    from limsync.sync import admin
+
+    with opened(config_path) as (settings, db):
+        report = admin.quarantine_replay(db, settings, connector, stream, keys)
+    sys.exit(print_reports([report], as_json))
+
+
+@cli.group("state")
+def state_group() -> None:
+    """Per-stream sync state: cursors and the ledger of content hashes."""
+
+
+@state_group.command("show")
+@config_option
+@json_option
+@click.option("--connector", help="Only this connector.")
+@handle_errors
+def state_show(config_path: Path | None, as_json: bool, connector: str | None) -> None:
+    """Show cursors and how many records each stream's ledger holds."""
+    from limsync.sync import admin
+
+    with opened(config_path) as (_, db):
+        rows = admin.state_show(db, connector)
+    if as_json:
+        echo_json(rows)
+        return
+    t = Table("connector", "stream", "cursor", "present", "gone")
+    for r in rows:
+        t.add_row(r["connector"], r["stream"], str(r["cursor"] or ""), str(r["present"]),
+                  str(r["gone"]))  # fmt: skip
+    out.print(t)
+
+
+@state_group.command("reset")
+@config_option
+@click.argument("connector")
+@click.option("--stream", help="Only this stream.")
+@click.option("--ledger", is_flag=True, help="Also forget content hashes (re-compare all).")
+@click.confirmation_option(prompt="Reset the sync state?")
+@handle_errors
+def state_reset(config_path: Path | None, connector: str, stream: str | None, ledger: bool) -> None:
+    """Forget cursors (and optionally hashes) so the next run re-reads everything."""
+    from limsync.sync import admin
+
+    with opened(config_path) as (_, db):
+        result = admin.state_reset(db, connector, stream, ledger=ledger)
+    out.print(f"removed {result['cursors']} cursor(s), {result['ledger_entries']} ledger entries")
+
+
+@cli.group()
+def db() -> None:
+    """limsync's bookkeeping tables (~limsync_*)."""
+
+
+@db.command("upgrade")
+@config_option
+@handle_errors
+def db_upgrade(config_path: Path | None) -> None:
+    """Create or migrate the bookkeeping tables."""
+    from limsync.pipeline import state
+    from limsync.pipeline.database import Database
+
+    settings = load_settings(config_path)
+    database = Database(settings.database_url, schema_prefix=settings.schema_prefix,
+                        state_schema=settings.state_schema)  # fmt: skip
+    try:
+        before, after = state.upgrade(database)
+    finally:
+        database.dispose()
+    out.print(f"bookkeeping schema version {before} -> {after}")
+
+
+@db.command("status")
+@config_option
+@handle_errors
+def db_status(config_path: Path | None) -> None:
+    """Show the bookkeeping schema version."""
+    from limsync.pipeline import state
+    from limsync.pipeline.database import Database
+
+    settings = load_settings(config_path)
+    database = Database(settings.database_url, schema_prefix=settings.schema_prefix,
+                        state_schema=settings.state_schema)  # fmt: skip
+    try:
+        version = state.current_version(database)
+    finally:
+        database.dispose()
+    latest = state.SCHEMA_VERSION
+    note = "up to date" if version == latest else "run: limsync db upgrade"
+    out.print(f"{database!r}: version {version} of {latest} ({note})", highlight=False)
+
+
+@cli.command()
+@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("limsync-demo.db"), show_default=True,
+              help="SQLite file the demo syncs into (recreated).")  # fmt: skip
+@click.option("--subjects", default=60, show_default=True, help="Colony size.")
+@click.option("--seed", default=7, show_default=True, help="Colony seed.")
+@handle_errors
+def demo(db_path: Path, subjects: int, seed: int) -> None:
+    """Sync a generated colony from a local fake Alyx, change it, and sync again."""
+    from limsync.cli.demo import run_demo
+
+    run_demo(db_path, subjects=subjects, seed=seed, console=out)

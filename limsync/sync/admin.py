@@ -1,0 +1,176 @@
+"""Operations on a running installation: status, quarantine, stream state.
+
+Each function is what one CLI command shows or does (``limsync status``, ``limsync quarantine
+list|show|replay``, ``limsync state show|reset``), as plain data for scripts and the CLI alike.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from limsync.config.settings import Settings
+from limsync.errors import ConfigError
+from limsync.pipeline import state
+from limsync.pipeline.database import Database
+from limsync.sync.report import StreamReport, SyncReport
+from limsync.sync.runner import prepare
+
+
+def status(db: Database, settings: Settings) -> list[dict[str, Any]]:
+    """Per configured connector: last run, last success, open quarantine, outbox backlog."""
+    st = state.ensure(db)
+    out = []
+    with db.engine.connect() as conn:
+        backlog = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(st.outbox)
+            .where(st.outbox.c.processed_at.is_(None))
+        ).scalar_one()
+        for name in settings.connectors:
+            last = state.runs(db, connector=name, limit=1)
+            ok = state.runs(db, connector=name, status="success", limit=1)
+            quarantined = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(st.quarantine)
+                .where(st.quarantine.c.connector == name)
+            ).scalar_one()
+            records = conn.execute(
+                sa.select(st.ledger.c.state, sa.func.count())
+                .where(st.ledger.c.connector == name)
+                .group_by(st.ledger.c.state)
+            ).all()
+            out.append(
+                {
+                    "connector": name,
+                    "last_run": last[0] if last else None,
+                    "last_success": ok[0]["finished_at"] if ok else None,
+                    "quarantined": int(quarantined),
+                    "records": {s: int(n) for s, n in records},
+                    "outbox_backlog": int(backlog),
+                }
+            )
+    return out
+
+
+def quarantine_list(
+    db: Database, connector: str | None = None, stream: str | None = None
+) -> list[dict[str, Any]]:
+    """Quarantined records (without their raw payload), newest first."""
+    st = state.ensure(db)
+    t = st.quarantine
+    q = sa.select(
+        t.c.connector, t.c.stream, t.c.source_key, t.c.stage, t.c.error, t.c.run_id, t.c.created_at
+    ).order_by(t.c.created_at.desc())
+    if connector:
+        q = q.where(t.c.connector == connector)
+    if stream:
+        q = q.where(t.c.stream == stream)
+    with db.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def quarantine_show(db: Database, connector: str, stream: str, key: str) -> dict[str, Any]:
+    """One quarantined record with its raw payload."""
+    st = state.ensure(db)
+    t = st.quarantine
+    with db.engine.connect() as conn:
+        row = (
+            conn.execute(
+                sa.select(t).where(
+                    t.c.connector == connector, t.c.stream == stream, t.c.source_key == key
+                )
+            )
+            .mappings()
+            .first()
+        )
+    if row is None:
+        raise ConfigError(f"no quarantined record {connector}.{stream} {key}")
+    out = dict(row)
+    out["raw"] = json.loads(out["raw"])
+    return out
+
+
+def quarantine_replay(
+    db: Database,
+    settings: Settings,
+    connector: str,
+    stream: str | None = None,
+    keys: Sequence[str] = (),
+) -> SyncReport:
+    """Run quarantined records through validation, mapping and writing again (after a fix).
+
+    Records that now land leave the quarantine; the others stay with their new error.
+    """
+    items = quarantine_list(db, connector, stream)
+    if keys:
+        items = [i for i in items if i["source_key"] in set(keys)]
+    prepared = prepare(settings, db, connector)
+    engine = prepared.engine
+    report = SyncReport(connector, mode="replay")
+    run_id = state.start_run(db, connector, "replay", "replay")
+    report.run_id = run_id
+    by_stream: dict[str, list[dict[str, Any]]] = {}
+    for item in items:
+        raw = quarantine_show(db, connector, item["stream"], item["source_key"])["raw"]
+        by_stream.setdefault(item["stream"], []).append(raw)
+    for name in engine.stream_order(list(by_stream)):
+        sr = StreamReport(name)
+        report.streams.append(sr)
+        sr.read = len(by_stream[name])
+        engine.replay(name, by_stream[name], sr, run_id)
+    state.finish_run(
+        db, run_id, "success" if report.ok else "failed", report.counts(), report.first_error()
+    )
+    return report
+
+
+def state_show(db: Database, connector: str | None = None) -> list[dict[str, Any]]:
+    """Per connector and stream: cursor and ledger counts."""
+    st = state.ensure(db)
+    with db.engine.connect() as conn:
+        q = sa.select(
+            st.ledger.c.connector, st.ledger.c.stream, st.ledger.c.state, sa.func.count()
+        ).group_by(st.ledger.c.connector, st.ledger.c.stream, st.ledger.c.state)
+        if connector:
+            q = q.where(st.ledger.c.connector == connector)
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for c, s, state_, n in conn.execute(q):
+            rows.setdefault(
+                (c, s), {"connector": c, "stream": s, "cursor": None, "present": 0, "gone": 0}
+            )[state_] = int(n)
+        for c, s, value in conn.execute(
+            sa.select(st.cursor.c.connector, st.cursor.c.stream, st.cursor.c.value)
+        ):
+            if connector and c != connector:
+                continue
+            rows.setdefault(
+                (c, s), {"connector": c, "stream": s, "cursor": None, "present": 0, "gone": 0}
+            )["cursor"] = value
+    return sorted(rows.values(), key=lambda r: (r["connector"], r["stream"]))
+
+
+def state_reset(
+    db: Database, connector: str, stream: str | None = None, *, ledger: bool = False
+) -> dict[str, int]:
+    """Forget cursors (and with ``ledger`` the content hashes) so the next run re-reads all.
+
+    The pipeline's rows are kept; resetting the ledger makes the next run compare every record
+    with the database again (writing only what really differs).
+    """
+    st = state.ensure(db)
+    with db.transaction() as conn:
+        conds = [st.cursor.c.connector == connector]
+        if stream:
+            conds.append(st.cursor.c.stream == stream)
+        cursors = conn.execute(st.cursor.delete().where(*conds)).rowcount
+        entries = 0
+        if ledger:
+            lconds = [st.ledger.c.connector == connector]
+            if stream:
+                lconds.append(st.ledger.c.stream == stream)
+            entries = conn.execute(st.ledger.delete().where(*lconds)).rowcount
+    return {"cursors": int(cursors), "ledger_entries": int(entries)}

@@ -1,0 +1,488 @@
+"""The sync engine: read -> validate -> hash -> map -> upsert -> ledger -> cursor -> outbox.
+
+One run syncs the streams of one connector instance, parents before children (the order comes
+from the foreign-key graph of the tables the streams write). Per batch of records, in one
+transaction: the rows, their ledger entries, quarantine entries, the change outbox and (with
+the stream's last batch) its cursor. A crash at any point therefore loses nothing: the next run
+re-reads from the last committed cursor, and unchanged records are recognised by their content
+hash and not written again.
+
+Records that fail validation, mapping, row validation or the parents check go to the quarantine
+with the raw record, and the rest of the batch goes on. A database error that cannot be pinned
+on one record by those checks is isolated by bisecting the batch, each half in a savepoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+import sqlalchemy as sa
+
+from limsync.connectors.base import Connector, Key, ReadContext, Stream
+from limsync.errors import DeleteRefusedError, LimsyncError, LockHeldError, RowError
+from limsync.pipeline import cascade, ledger, state
+from limsync.pipeline.database import Database
+from limsync.pipeline.graph import load_order
+from limsync.pipeline.locks import Lock
+from limsync.pipeline.tables import TableSpec
+from limsync.pipeline.upsert import ChangeSet, missing_parents, upsert, validate_row
+from limsync.sync.mapping import Mapper, key_from_json, key_json, resolve_lookups
+from limsync.sync.report import StreamReport, SyncReport
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH = 1000
+Progress = Callable[[str, int], None]
+
+
+@dataclass
+class _Item:
+    """One source record travelling through a batch."""
+
+    key: Key
+    ktext: str
+    raw: dict[str, Any]
+    record: pydantic.BaseModel
+    hash: str
+    old: ledger.LedgerEntry | None = None
+    rows: list[tuple[TableSpec, dict[str, Any]]] = field(default_factory=list)
+
+
+def content_hash(record: pydantic.BaseModel, volatile: frozenset[str]) -> str:
+    """Hash of a validated record without its volatile fields (32 hex characters).
+
+    ``model_dump_json`` writes fields in declaration order, so equal records give equal bytes.
+    """
+    data = record.model_dump_json(exclude=set(volatile) if volatile else None)
+    return hashlib.blake2b(data.encode(), digest_size=16).hexdigest()
+
+
+def raw_key_text(stream: Stream, raw: Mapping[str, Any]) -> str:
+    """A quarantine key for a raw record: its source key if readable, else a content hash."""
+    try:
+        return ledger.key_text(stream.key_from_raw(raw))
+    except Exception:
+        digest = hashlib.blake2b(
+            json.dumps(raw, sort_keys=True, default=str).encode(), digest_size=8
+        ).hexdigest()
+        return f"#raw:{digest}"
+
+
+class SyncEngine:
+    """Syncs one connector instance into one database."""
+
+    def __init__(
+        self,
+        db: Database,
+        connector: Connector,
+        mappers: Mapping[str, Mapper],
+        *,
+        batch_size: int = DEFAULT_BATCH,
+        progress: Progress | None = None,
+    ) -> None:
+        self.db = db
+        self.connector = connector
+        self.name = connector.name
+        self.mappers = dict(mappers)
+        self.batch_size = batch_size
+        self.progress = progress
+        self.st = state.ensure(db)
+
+    # -- ordering
+
+    def stream_order(self, selected: Sequence[str] | None = None) -> list[str]:
+        """Streams to sync, parents first by the foreign-key graph of the tables they write."""
+        names = [n for n in self.mappers if selected is None or n in selected]
+        specs: dict[str, TableSpec] = {}
+        for n in names:
+            for t in self.mappers[n].targets:
+                specs[t.qualname] = t
+        for spec in list(specs.values()):
+            self.db.register(spec)
+        rank = {s.qualname: i for i, s in enumerate(load_order(self.db.specs))}
+        declared = list(self.connector.streams)
+
+        def position(n: str) -> tuple[int, int]:
+            tables = [rank.get(t.qualname, 0) for t in self.mappers[n].targets]
+            return (max(tables, default=0), declared.index(n) if n in declared else 0)
+
+        return sorted(names, key=position)
+
+    # -- a run
+
+    def run(
+        self,
+        *,
+        streams: Sequence[str] | None = None,
+        full: bool = True,
+        dry_run: bool = False,
+        force_delete: bool = False,
+    ) -> SyncReport:
+        """Sync the selected streams (all by default); never raises for one stream's failure."""
+        mode = "full" if full else "incremental"
+        report = SyncReport(self.name, mode=mode, dry_run=dry_run)
+        lock = Lock(self.db, f"sync:{self.name}")
+        try:
+            lock.acquire()
+        except LockHeldError as exc:
+            report.error = str(exc)
+            report.skipped = True
+            return report
+        run_id = 0 if dry_run else state.start_run(self.db, self.name, "sync", mode)
+        report.run_id = run_id
+        try:
+            outer: contextlib.AbstractContextManager[sa.Connection | None]
+            outer = self.db.transaction() if dry_run else contextlib.nullcontext()
+            with outer as dry_conn:
+                for name in self.stream_order(streams):
+                    sr = StreamReport(name)
+                    report.streams.append(sr)
+                    started = time.monotonic()
+                    try:
+                        self._sync_stream(name, sr, run_id, full, dry_conn, force_delete, lock)
+                    except LimsyncError as exc:
+                        sr.error = str(exc)
+                        log.error("stream %s.%s failed: %s", self.name, name, exc)
+                    sr.seconds = time.monotonic() - started
+                if dry_conn is not None:
+                    dry_conn.get_transaction().rollback()  # type: ignore[union-attr]
+        except BaseException as exc:
+            if not dry_run:
+                state.finish_run(self.db, run_id, "failed", report.counts(), repr(exc))
+            raise
+        finally:
+            lock.release()
+        if not dry_run:
+            status = "success" if report.ok else "failed"
+            state.finish_run(self.db, run_id, status, report.counts(), report.first_error())
+        return report
+
+    @contextlib.contextmanager
+    def _batch_tx(self, dry_conn: sa.Connection | None) -> Iterator[sa.Connection]:
+        if dry_conn is not None:
+            with dry_conn.begin_nested():
+                yield dry_conn
+        else:
+            with self.db.transaction() as conn:
+                yield conn
+
+    # -- one stream
+
+    def _sync_stream(
+        self,
+        name: str,
+        sr: StreamReport,
+        run_id: int,
+        full: bool,
+        dry_conn: sa.Connection | None,
+        force_delete: bool,
+        lock: Lock,
+    ) -> None:
+        stream = self.connector.stream(name)
+        with contextlib.ExitStack() as stack:
+            conn = dry_conn or stack.enter_context(self.db.engine.connect())
+            cursor = ledger.get_cursor(conn, self.st, self.name, name)
+        seen: set[str] = set()
+        max_cursor = cursor
+
+        def known(keys: Sequence[Key]) -> set[Key]:
+            texts = {ledger.key_text(k): k for k in keys}
+            with contextlib.ExitStack() as stack:
+                c = dry_conn or stack.enter_context(self.db.engine.connect())
+                found = ledger.lookup(c, self.st, self.name, name, list(texts))
+            return {texts[t] for t, e in found.items() if e.state == "present"}
+
+        def confirm_seen(keys: Sequence[Key]) -> None:
+            seen.update(ledger.key_text(k) for k in keys)
+
+        ctx = ReadContext(full=full, cursor=cursor, known=known, seen=confirm_seen)
+        pending: list[dict[str, Any]] = []
+        for page in self.connector.read(name, ctx):
+            for raw in page:
+                value = self.connector.cursor_value(name, raw)
+                if value is not None and (max_cursor is None or value > max_cursor):
+                    max_cursor = value
+            pending.extend(page)
+            sr.read += len(page)
+            if self.progress:
+                self.progress(name, len(page))
+            while len(pending) >= self.batch_size:
+                batch, pending = pending[: self.batch_size], pending[self.batch_size :]
+                self._process(name, stream, batch, sr, run_id, seen, None, dry_conn)
+                if dry_conn is None:
+                    lock.refresh()
+        new_cursor = max_cursor if stream.cursor and max_cursor != cursor else None
+        self._process(name, stream, pending, sr, run_id, seen, new_cursor, dry_conn)
+        if full:
+            self._detect_gone(name, sr, run_id, seen, dry_conn, force_delete)
+
+    def replay(self, name: str, raws: list[dict[str, Any]], sr: StreamReport, run_id: int) -> None:
+        """Process raw records again (quarantine replay), without reading the source."""
+        with Lock(self.db, f"sync:{self.name}") as _:
+            self._process(name, self.connector.stream(name), raws, sr, run_id, set(), None, None)
+
+    def _process(
+        self,
+        name: str,
+        stream: Stream,
+        raws: list[dict[str, Any]],
+        sr: StreamReport,
+        run_id: int,
+        seen: set[str],
+        new_cursor: str | None,
+        dry_conn: sa.Connection | None,
+    ) -> None:
+        quarantined: list[tuple[str, str, str, Any]] = []
+        items: list[_Item] = []
+        for raw in raws:
+            try:
+                rec = stream.model.model_validate(raw)
+            except pydantic.ValidationError as exc:
+                quarantined.append((raw_key_text(stream, raw), "validate", _short(exc), raw))
+                continue
+            key = stream.key_of(rec)
+            ktext = ledger.key_text(key)
+            if ktext in seen:
+                sr.duplicates += 1  # unordered paging can repeat a record: first one wins
+                continue
+            seen.add(ktext)
+            items.append(_Item(key, ktext, raw, rec, content_hash(rec, frozenset(stream.volatile))))
+        with contextlib.ExitStack() as stack:
+            conn = dry_conn or stack.enter_context(self.db.engine.connect())
+            entries = ledger.lookup(conn, self.st, self.name, name, [i.ktext for i in items])
+        todo: list[_Item] = []
+        for item in items:
+            item.old = entries.get(item.ktext)
+            if (
+                item.old is not None
+                and item.old.state == "present"
+                and item.old.content_hash == item.hash
+            ):
+                sr.unchanged += 1
+            else:
+                todo.append(item)
+        mapper = self.mappers[name]
+        mapped: list[_Item] = []
+        for item in todo:
+            try:
+                item.rows = mapper.rows(item.record)
+            except Exception as exc:  # a mapping function's bug or a surprising record
+                quarantined.append((item.ktext, "map", f"{type(exc).__name__}: {exc}", item.raw))
+                continue
+            mapped.append(item)
+        flat = [(item, spec, row) for item in mapped for spec, row in item.rows]
+        with contextlib.ExitStack() as stack:
+            conn = dry_conn or stack.enter_context(self.db.engine.connect())
+            problems = resolve_lookups(self.db, conn, [(spec, row) for _, spec, row in flat])
+        unresolved = {id(flat[i][0]): msg for i, msg in problems.items()}
+        ready: list[_Item] = []
+        for item in mapped:
+            if id(item) in unresolved:
+                quarantined.append((item.ktext, "reference", unresolved[id(item)], item.raw))
+                continue
+            try:
+                item.rows = [(spec, validate_row(spec, row)) for spec, row in item.rows]
+            except RowError as exc:
+                quarantined.append((item.ktext, "row", str(exc), item.raw))
+                continue
+            ready.append(item)
+        if not ready and not quarantined and new_cursor is None:
+            return
+        with self._batch_tx(dry_conn) as conn:
+            landed = self._write(conn, ready, quarantined, sr, run_id, name)
+            ledger.quarantine(conn, self.st, self.name, name, quarantined, run_id)
+            ledger.release_quarantine(conn, self.st, self.name, name, [i.ktext for i in landed])
+            if new_cursor is not None:
+                ledger.set_cursor(conn, self.st, self.name, name, new_cursor)
+        sr.quarantined += len(quarantined)
+
+    def _write(
+        self,
+        conn: sa.Connection,
+        items: list[_Item],
+        quarantined: list[tuple[str, str, str, Any]],
+        sr: StreamReport,
+        run_id: int,
+        name: str,
+    ) -> list[_Item]:
+        """Write items in a savepoint; records with missing parents or DB errors go aside."""
+        while items:
+            try:
+                with conn.begin_nested():
+                    bad = self._write_rows(conn, items, sr, run_id, name)
+                    if bad:
+                        raise _RetryError(bad)
+                return items
+            except _RetryError as retry:
+                for item, err in retry.bad:
+                    quarantined.append((item.ktext, "reference", str(err), item.raw))
+                bad_ids = {id(i) for i, _ in retry.bad}
+                items = [i for i in items if id(i) not in bad_ids]
+            except (sa.exc.DBAPIError, RowError) as exc:
+                if len(items) == 1:
+                    quarantined.append((items[0].ktext, "write", _db_message(exc), items[0].raw))
+                    return []
+                mid = len(items) // 2
+                return self._write(conn, items[:mid], quarantined, sr, run_id, name) + self._write(
+                    conn, items[mid:], quarantined, sr, run_id, name
+                )
+        return []
+
+    def _write_rows(
+        self,
+        conn: sa.Connection,
+        items: list[_Item],
+        sr: StreamReport,
+        run_id: int,
+        name: str,
+    ) -> list[tuple[_Item, Exception]]:
+        by_table: dict[str, list[tuple[_Item, dict[str, Any]]]] = {}
+        specs: dict[str, TableSpec] = {}
+        for item in items:
+            for spec, row in item.rows:
+                by_table.setdefault(spec.qualname, []).append((item, row))
+                specs[spec.qualname] = spec
+        bad: dict[int, tuple[_Item, Exception]] = {}
+        changes: list[ChangeSet] = []
+        for spec in load_order(specs.values()):
+            pairs = [(i, r) for i, r in by_table[spec.qualname] if id(i) not in bad]
+            rows = [r for _, r in pairs]
+            for idx, err in missing_parents(self.db, conn, spec, rows):
+                item = pairs[idx][0]
+                bad.setdefault(id(item), (item, err))
+            if bad:
+                # Children of these tables cannot be checked before their parents are written:
+                # roll back, set the bad records aside and write again.
+                break
+            rows = [r for _, r in pairs]
+            changes.append(upsert(self.db, conn, spec, rows, validate=False, check_parents=False))
+        if bad:
+            return list(bad.values())
+        # Rows a changed record produced before but no longer does (e.g. a removed project).
+        stale: dict[str, list[tuple[Any, ...]]] = {}
+        for item in items:
+            if item.old is None:
+                continue
+            now = {(s.qualname, ledger.key_text(key_json(s.key_of(r)))) for s, r in item.rows}
+            for table, key in item.old.targets:
+                if (table, ledger.key_text(key)) not in now:
+                    stale.setdefault(table, []).append(tuple(key))
+        for table, keys in stale.items():
+            self._delete_rows(conn, table, keys, sr, run_id)
+        for cs in changes:
+            ledger.emit(
+                conn, self.st, cs.table, (key_json(k) for k in cs.inserted), "insert", run_id
+            )
+            ledger.emit(
+                conn, self.st, cs.table, (key_json(k) for k in cs.updated), "update", run_id
+            )
+            sr.add_table(cs)
+        ledger.record(
+            conn,
+            self.st,
+            self.name,
+            name,
+            [
+                (i.ktext, i.hash, [(s.qualname, key_json(s.key_of(r))) for s, r in i.rows])
+                for i in items
+            ],
+            run_id,
+            existing={i.ktext for i in items if i.old is not None},
+        )
+        for item in items:
+            if item.old is None:
+                sr.new += 1
+            else:
+                sr.changed += 1
+        return []
+
+    def _delete_rows(
+        self,
+        conn: sa.Connection,
+        table: str,
+        keys: list[tuple[Any, ...]],
+        sr: StreamReport,
+        run_id: int,
+    ) -> None:
+        spec = self.db.spec(table)
+        typed = [key_from_json(spec, k) for k in keys]
+        plan = cascade.delete(self.db, conn, spec, typed)
+        for label, n in plan.rows.items():
+            sr.deleted_rows[label] = sr.deleted_rows.get(label, 0) + n
+        ledger.emit(conn, self.st, table, (key_json(k) for k in typed), "delete", run_id)
+
+    # -- deletes
+
+    def _detect_gone(
+        self,
+        name: str,
+        sr: StreamReport,
+        run_id: int,
+        seen: set[str],
+        dry_conn: sa.Connection | None,
+        force: bool,
+    ) -> None:
+        with contextlib.ExitStack() as stack:
+            conn = dry_conn or stack.enter_context(self.db.engine.connect())
+            known = dict(ledger.known_keys(conn, self.st, self.name, name))
+        missing = [k for k in known if k not in seen]
+        if not missing:
+            return
+        confirmed = self.connector.confirm_gone(name, [tuple(json.loads(k)) for k in missing])
+        gone = [ledger.key_text(k) for k in confirmed]
+        sr.gone = len(gone)
+        if not gone:
+            return
+        policy = self.connector.stream_settings(name).delete_policy
+        if policy == "ignore":
+            return
+        if policy == "flag":
+            newly = [k for k in gone if known.get(k) == "present"]
+            if newly:
+                with self._batch_tx(dry_conn) as conn:
+                    ledger.mark(conn, self.st, self.name, name, newly, "gone", run_id)
+            return
+        threshold = self.connector.stream_settings(name).delete_threshold
+        if not force and len(gone) > threshold * len(known):
+            raise DeleteRefusedError(
+                f"stream {self.name}.{name}: {len(gone)} of {len(known)} records are gone at "
+                f"the source, above the delete threshold of {threshold:.0%}; nothing was deleted "
+                "(check the source, then rerun with --force to delete them)"
+            )
+        with self._batch_tx(dry_conn) as conn:
+            entries = ledger.lookup(conn, self.st, self.name, name, gone)
+            targets: dict[str, list[tuple[Any, ...]]] = {}
+            for entry in entries.values():
+                for table, key in entry.targets:
+                    targets.setdefault(table, []).append(tuple(key))
+            for spec in reversed(load_order(self.db.spec(t) for t in targets)):
+                self._delete_rows(conn, spec.qualname, targets[spec.qualname], sr, run_id)
+            ledger.forget(conn, self.st, self.name, name, gone)
+        sr.deleted = len(gone)
+
+
+class _RetryError(Exception):
+    def __init__(self, bad: list[tuple[_Item, Exception]]) -> None:
+        self.bad = bad
+
+
+def _short(exc: pydantic.ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(p) for p in err["loc"]) or "record"
+        parts.append(f"{loc}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+def _db_message(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    return str(orig or exc).strip().splitlines()[0]
