@@ -1,0 +1,193 @@
+"""Checking Alyx query filters against the server's OpenAPI schema before trusting them.
+
+Alyx silently ignores query parameters it does not know: ``/subjects?bogus=1`` returns every
+subject. A typo in a filter would therefore turn "the sessions changed since X" into "all
+sessions", or, worse, "these 100 subjects" into "the first page of all subjects", which a
+delete check would misread. :class:`FilterGuard` validates parameter names, and the field names
+inside ``django=<lookup>,<value>`` filters, against the parameters the schema lists for the
+endpoint. When the schema cannot be fetched it says so, and the caller must check the results
+instead (each use site in the connector does).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import quote
+
+from limsync.errors import ConfigError, LimsyncError
+
+log = logging.getLogger(__name__)
+
+#: Query parameters that page, not filter.
+PAGING = frozenset({"limit", "offset"})
+
+#: Django lookups and transforms that may follow a field name in a ``django=`` filter.
+LOOKUPS = frozenset(
+    {
+        "exact", "iexact", "contains", "icontains", "in", "gt", "gte", "lt", "lte",
+        "startswith", "istartswith", "endswith", "iendswith", "range", "isnull", "regex",
+        "iregex", "date", "time", "year", "iso_year", "month", "day", "week", "week_day",
+        "iso_week_day", "quarter", "hour", "minute", "second",
+    }
+)  # fmt: skip
+
+#: Parameter types of plain values, which cannot be followed by a related field's name.
+_SCALAR_TYPES = frozenset({"integer", "number", "boolean"})
+_SCALAR_FORMATS = frozenset({"date", "date-time", "time", "duration"})
+
+
+def split_django(value: str) -> list[str]:
+    """Split a ``django=`` value at commas outside brackets, as the Alyx server does."""
+    parts: list[str] = []
+    word = ""
+    closing = ""
+    for char in value:
+        if char == "," and not closing:
+            parts.append(word)
+            word = ""
+            continue
+        if char == "[":
+            closing = "]"
+        elif char == "(":
+            closing = ")"
+        elif char == closing:
+            closing = ""
+        word += char
+    parts.append(word)
+    return parts
+
+
+def pk_in(ids: list[str]) -> str:
+    """The ``django=`` value selecting these primary keys (Alyx evaluates the list literal)."""
+    return "pk__in,[" + ",".join(f"'{i}'" for i in ids) + "]"
+
+
+def pk_batches(ids: list[str], url: str, max_url: int = 6000) -> list[list[str]]:
+    """Split ids into ``pk__in`` batches whose request URL stays under ``max_url`` characters."""
+    overhead = len(url) + len("?django=") + len(quote("pk__in,[]", safe="")) + 40  # limit+offset
+    batches: list[list[str]] = []
+    batch: list[str] = []
+    size = overhead
+    for item in ids:
+        cost = len(quote(f"'{item}',", safe=""))
+        if batch and size + cost > max_url:
+            batches.append(batch)
+            batch, size = [], overhead
+        batch.append(item)
+        size += cost
+    if batch:
+        batches.append(batch)
+    return batches
+
+
+class FilterGuard:
+    """Validates filters against the OpenAPI schema, fetched once (lazily) and cached.
+
+    ``load_schema`` returns the parsed schema or raises; a failure is logged once and leaves
+    the guard in fallback mode, where :meth:`check` returns False.
+    """
+
+    def __init__(self, load_schema: Callable[[], Any]) -> None:
+        self._load_schema = load_schema
+        self._lock = threading.Lock()
+        self._loaded = False
+        self._paths: Mapping[str, Any] | None = None
+
+    def _schema_paths(self) -> Mapping[str, Any] | None:
+        with self._lock:
+            if not self._loaded:
+                self._loaded = True
+                try:
+                    schema = self._load_schema()
+                    paths = schema.get("paths") if isinstance(schema, dict) else None
+                    if not isinstance(paths, dict):
+                        raise ValueError("no 'paths' object in the OpenAPI schema")
+                    self._paths = paths
+                except (LimsyncError, ValueError) as exc:
+                    log.warning(
+                        "cannot use the server's OpenAPI schema (%s); filters will be checked "
+                        "against the results instead",
+                        exc,
+                    )
+            return self._paths
+
+    @property
+    def available(self) -> bool:
+        """Whether the schema could be fetched (fetches it if not done yet)."""
+        return self._schema_paths() is not None
+
+    def parameters(self, endpoint: str) -> dict[str, dict[str, Any]] | None:
+        """Query parameters the schema lists for ``GET endpoint``; None without a schema.
+
+        ``endpoint`` is relative to the base URL (``"sessions"``); a schema served under a
+        path prefix (``/api/sessions``) matches too.
+        """
+        paths = self._schema_paths()
+        if paths is None:
+            return None
+        wanted = "/" + endpoint.strip("/")
+        item = paths.get(wanted)
+        if item is None:
+            matches = [v for k, v in paths.items() if k.rstrip("/").endswith(wanted)]
+            item = matches[0] if len(matches) == 1 else None
+        if not isinstance(item, dict) or not isinstance(item.get("get"), dict):
+            raise ConfigError(f"the server's OpenAPI schema has no GET {wanted}")
+        found: dict[str, dict[str, Any]] = {}
+        for param in item["get"].get("parameters", []):
+            if isinstance(param, dict) and param.get("in") == "query" and "name" in param:
+                schema = param.get("schema")
+                found[str(param["name"])] = schema if isinstance(schema, dict) else {}
+        return found
+
+    def check(self, endpoint: str, params: Mapping[str, Any]) -> bool:
+        """True when every filter in ``params`` is known to the schema for ``endpoint``.
+
+        False when the schema is unavailable (the caller must verify the results). Raises
+        ConfigError naming the filter and endpoint when the schema does not know a filter.
+        """
+        known = self.parameters(endpoint)
+        if known is None:
+            return False
+        for name, value in params.items():
+            if name in PAGING:
+                continue
+            if name not in known:
+                raise ConfigError(
+                    f"filter {name!r} is not a query parameter of /{endpoint} on this server "
+                    f"(it would be silently ignored); known: {', '.join(sorted(known))}"
+                )
+            if name == "django":
+                self._check_django(endpoint, str(value), known)
+        return True
+
+    def _check_django(self, endpoint: str, value: str, known: dict[str, dict[str, Any]]) -> None:
+        parts = split_django(value)
+        if len(parts) % 2:
+            raise ConfigError(f"filter django={value[:80]!r} on /{endpoint}: expected pairs")
+        fields = {k: v for k, v in known.items() if k not in PAGING and k != "django"}
+        for lookup in parts[0::2]:
+            segments = lookup.lstrip("~").split("__")
+            field = segments[0]
+            if field != "pk" and field not in fields:
+                raise ConfigError(
+                    f"filter django={lookup} on /{endpoint}: {field!r} is not a field of this "
+                    f"endpoint; known: pk, {', '.join(sorted(fields))}"
+                )
+            schema = fields.get(field, {})
+            scalar = field == "pk" or (
+                schema.get("type") in _SCALAR_TYPES or schema.get("format") in _SCALAR_FORMATS
+            )
+            for segment in segments[1:]:
+                if segment in LOOKUPS:
+                    continue
+                if scalar:
+                    raise ConfigError(
+                        f"filter django={lookup} on /{endpoint}: {segment!r} is not a lookup "
+                        f"of the field {field!r}"
+                    )
+                # A relation: the related model's fields are not in this endpoint's schema, so
+                # the rest of the path cannot be verified here.
+                break
