@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 from rich.console import Console
@@ -94,6 +93,6 @@ def run_demo(db_path: Path, *, subjects: int = 60, seed: int = 7, console: Conso
     finally:
         db.dispose()
     console.print(
-        f"done at {dt.datetime.now():%H:%M:%S}: explore {db_path} with sqlite3, or run "
-        f"'limsync runs --config ...' against it"
+        f"done: explore {db_path} with sqlite3, or point a limsync.toml at it and run "
+        "'limsync runs' / 'limsync state show'"
     )

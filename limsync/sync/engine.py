@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import networkx as nx
 import pydantic
 import sqlalchemy as sa
 
@@ -30,7 +31,7 @@ from limsync.connectors.base import Connector, Key, ReadContext, Stream
 from limsync.errors import DeleteRefusedError, LimsyncError, LockHeldError, RowError
 from limsync.pipeline import cascade, ledger, state
 from limsync.pipeline.database import Database
-from limsync.pipeline.graph import load_order
+from limsync.pipeline.graph import build_graph, load_order
 from limsync.pipeline.locks import Lock
 from limsync.pipeline.tables import TableSpec
 from limsync.pipeline.upsert import ChangeSet, missing_parents, upsert, validate_row
@@ -99,22 +100,27 @@ class SyncEngine:
     # -- ordering
 
     def stream_order(self, selected: Sequence[str] | None = None) -> list[str]:
-        """Streams to sync, parents first by the foreign-key graph of the tables they write."""
+        """Streams to sync, parents first by the foreign-key graph of the tables they write.
+
+        Stream A goes before stream B when a table A writes is an ancestor of one B writes;
+        otherwise the connector's declaration order decides.
+        """
         names = [n for n in self.mappers if selected is None or n in selected]
-        specs: dict[str, TableSpec] = {}
-        for n in names:
+        for n in self.mappers:
             for t in self.mappers[n].targets:
-                specs[t.qualname] = t
-        for spec in list(specs.values()):
-            self.db.register(spec)
-        rank = {s.qualname: i for i, s in enumerate(load_order(self.db.specs))}
+                self.db.register(t)
+        tables = build_graph(self.db.specs)
+        writes = {n: {t.qualname for t in self.mappers[n].targets} for n in names}
+        order = nx.DiGraph()
+        order.add_nodes_from(names)
+        for a in names:
+            below = set().union(*(nx.descendants(tables, t) for t in writes[a] if t in tables))
+            for b in names:
+                if a != b and below & writes[b]:
+                    order.add_edge(a, b)
         declared = list(self.connector.streams)
-
-        def position(n: str) -> tuple[int, int]:
-            tables = [rank.get(t.qualname, 0) for t in self.mappers[n].targets]
-            return (max(tables, default=0), declared.index(n) if n in declared else 0)
-
-        return sorted(names, key=position)
+        rank = {n: declared.index(n) if n in declared else len(declared) for n in names}
+        return list(nx.lexicographical_topological_sort(order, key=lambda n: rank[n]))
 
     # -- a run
 
@@ -436,7 +442,11 @@ class SyncEngine:
         missing = [k for k in known if k not in seen]
         if not missing:
             return
-        confirmed = self.connector.confirm_gone(name, [tuple(json.loads(k)) for k in missing])
+        stream = self.connector.stream(name)
+        keys = [
+            stream.key_from_raw(dict(zip(stream.key, json.loads(k), strict=True))) for k in missing
+        ]
+        confirmed = self.connector.confirm_gone(name, keys)
         gone = [ledger.key_text(k) for k in confirmed]
         sr.gone = len(gone)
         if not gone:

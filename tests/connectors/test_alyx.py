@@ -43,6 +43,7 @@ def connector(**overrides: Any) -> AlyxConnector:
         "backoff_factor": 0.0,
         "rate_limit_per_minute": None,
         "max_retries": 2,
+        "per_lab_scans": False,  # tests of lab-by-lab reads turn it on
     }
     values.update(overrides)
     return AlyxConnector("alyx", AlyxSettings(**values))
@@ -673,3 +674,24 @@ def test_check_reports_bad_credentials_without_raising() -> None:
 
 def test_nothing_known_knows_nothing() -> None:
     assert nothing_known([("a",)]) == set()
+
+
+@responses.activate
+def test_nickname_keyed_streams_are_read_lab_by_lab() -> None:
+    """Weighings name subjects by nickname only; reading per lab makes (lab, nickname) unique."""
+    login()
+    schema()
+    listing("labs", [{"name": "cortexlab"}, {"name": "wittenlab"}])
+    weighings = body("weighings_list")["results"]
+
+    def per_lab(q: dict[str, str]) -> list[dict[str, Any]]:
+        lookup, lab = split_django(q["django"])
+        assert lookup == "subject__lab__name"
+        return weighings if lab == "cortexlab" else []
+
+    listing("weighings", per_lab)
+    c = connector(per_lab_scans=True)
+    read = read_all(c, "weighings")
+    assert len(read) == len(weighings)
+    assert {r["subject_lab"] for r in read} == {"cortexlab"}
+    assert len(calls_to("weighings")) == 2  # one listing per lab

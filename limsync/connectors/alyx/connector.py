@@ -75,6 +75,13 @@ SESSION_VOLATILE = frozenset(
     }
 )  # fmt: skip
 
+#: Streams that name their subject by nickname only. Nicknames repeat across labs, so these are
+#: read lab by lab (``?django=subject__lab__name,<lab>``) and each record gets ``subject_lab``,
+#: which makes (lab, nickname) identify the subject.
+_BY_SUBJECT_LAB = frozenset(
+    {"weighings", "water_administrations", "water_restrictions", "surgeries"}
+)
+
 #: Streams whose key is the Django primary key: missing keys are looked up with pk__in.
 _PK_STREAMS = frozenset(
     {"users", "subjects", "sessions", "surgeries", "weighings", "water_administrations"}
@@ -99,6 +106,8 @@ class AlyxSettings(ConnectorSettings):
     session records are summaries, which carry no ``auto_datetime``: the cursor cannot advance
     and every run lists all sessions (still cheap: the list is small per session)."""
     detail_workers: int = Field(4, ge=1, le=16)
+    per_lab_scans: bool = True
+    """Read nickname-keyed streams lab by lab so duplicate nicknames stay unambiguous."""
     """Concurrent session-detail requests (they share the rate limit)."""
 
     @field_validator("base_url")
@@ -311,6 +320,9 @@ class AlyxConnector(Connector):
         * Sessions the changed query returned but the list paging missed (rows shift while
           paging) are fetched at the end.
         """
+        if stream in _BY_SUBJECT_LAB and self.settings.per_lab_scans:
+            yield from self._read_per_lab(stream)
+            return
         if stream != "sessions":
             yield from super().read(stream, ctx)
             return
@@ -320,6 +332,22 @@ class AlyxConnector(Connector):
                 yield from self._changed_sessions(since, pool)
             else:
                 yield from self._all_sessions(ctx, since, pool)
+
+    def _read_per_lab(self, stream: str) -> Iterator[Page]:
+        labs = [str(r["name"]) for page in self.list_pages("labs") for r in page]
+        if any(c in lab for lab in labs for c in ",[]()"):
+            # The server splits django= values on commas and evals brackets: such a lab name
+            # cannot be filtered on, so read the whole list (records carry no subject_lab).
+            yield from self.list_pages(stream)
+            return
+        path = self.stream(stream).path
+        for lab in labs:
+            params = {"django": f"subject__lab__name,{lab}"}
+            self.filters.check(path, params)
+            for page in self.list_pages(stream, params=params):
+                for record in page:
+                    record["subject_lab"] = lab
+                yield page
 
     def _changed_query(self, since: datetime) -> dict[str, str]:
         params = {"django": f"auto_datetime__gte,{since.isoformat()}"}

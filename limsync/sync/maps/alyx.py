@@ -191,7 +191,10 @@ SCHEMAS = (reference, subject, acquisition, action)
 
 def _subject_uuid(rec: BaseModel) -> Lookup:
     nickname = rec.subject  # type: ignore[attr-defined]
-    lab = getattr(rec, "lab", None) if isinstance(getattr(rec, "lab", None), str) else None
+    # The subject's lab: from a lab-by-lab read (weighings, water, surgeries) or the session's.
+    lab = getattr(rec, "subject_lab", None) or getattr(rec, "lab", None)
+    if not isinstance(lab, str):
+        lab = None  # surgeries name their lab by uuid, which labs do not carry
     return Lookup(Subject, {"lab_name": lab, "subject_nickname": nickname}, "subject_uuid")
 
 
