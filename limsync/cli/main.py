@@ -26,7 +26,7 @@ from limsync.sync.report import SyncReport
 
 F = TypeVar("F", bound=Callable[..., Any])
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def handle_errors(fn: F) -> F:

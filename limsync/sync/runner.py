@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+import sqlalchemy as sa
+
 from limsync.config.settings import Settings
 from limsync.connectors import registry
 from limsync.connectors.base import Connector
-from limsync.errors import ConfigError
-from limsync.pipeline.database import Database
+from limsync.errors import ConfigError, DatabaseUnreachableError
+from limsync.pipeline.database import Database, safe_url
 from limsync.pipeline.state import ensure
 from limsync.sync.engine import Progress, SyncEngine
 from limsync.sync.mapping import Mapper, StreamMap
@@ -34,7 +36,14 @@ def open_database(settings: Settings) -> Database:
         schema_prefix=settings.schema_prefix,
         state_schema=settings.state_schema,
     )
-    ensure(db)
+    try:
+        ensure(db)
+    except sa.exc.DBAPIError as exc:
+        db.dispose()
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        raise DatabaseUnreachableError(
+            f"cannot use database {safe_url(db.url)}: {reason}"
+        ) from None
     return db
 
 
