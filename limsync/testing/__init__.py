@@ -4,7 +4,7 @@
 built on :mod:`limsync.testing.fakeserver` fail on demand.
 """
 
-from limsync.testing.alyx_colony import Colony
+from limsync.testing.alyx.colony import Colony
 from limsync.testing.fake_alyx import FakeAlyx
 from limsync.testing.fakeserver import Faults
 
