@@ -475,3 +475,7 @@ def demo(db_path: Path, subjects: int, seed: int) -> None:
     from limsync.cli.demo import run_demo
 
     run_demo(db_path, subjects=subjects, seed=seed, console=out)
+
+
+if __name__ == "__main__":
+    main()

@@ -19,6 +19,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from limsync.connectors.base import ConnectorSettings
@@ -106,6 +107,9 @@ def load_settings(path: str | Path | None = None) -> Settings:
         settings = Settings(**data)
     except pydantic.ValidationError as exc:
         raise ConfigError(describe_validation_error(exc, str(file))) from None
+    except SettingsError as exc:
+        # e.g. a LIMSYNC_* variable holding malformed JSON; the message names the field only.
+        raise ConfigError(f"invalid LIMSYNC_* environment variable: {exc}") from None
     for name in settings.connectors:
         settings.connector_settings(name)  # validate every instance up front
     return settings
