@@ -122,10 +122,18 @@ def run_raw(url: str, prefix: str, n: int) -> dict[str, Any]:
             head = f"INSERT INTO {db.qualified(spec)} ({', '.join(db.quote(c) for c in cols)}) VALUES ({', '.join([p] * len(cols))})"
             rest = [c for c in cols if c not in spec.primary_key]
             if db.dialect == "mysql":
-                sql = head + " ON DUPLICATE KEY UPDATE " + ", ".join(f"{db.quote(c)}=VALUES({db.quote(c)})" for c in rest)
+                sql = (
+                    head
+                    + " ON DUPLICATE KEY UPDATE "
+                    + ", ".join(f"{db.quote(c)}=VALUES({db.quote(c)})" for c in rest)
+                )
             else:
                 pk = ", ".join(db.quote(c) for c in spec.primary_key)
-                sql = head + f" ON CONFLICT ({pk}) DO UPDATE SET " + ", ".join(f"{db.quote(c)}=excluded.{db.quote(c)}" for c in rest)
+                sql = (
+                    head
+                    + f" ON CONFLICT ({pk}) DO UPDATE SET "
+                    + ", ".join(f"{db.quote(c)}=excluded.{db.quote(c)}" for c in rest)
+                )
             batch: list[tuple[Any, ...]] = []
             for row in rows:
                 batch.append(tuple(c.encode(row.get(k)) for c, k in zip(codecs, cols, strict=True)))
@@ -199,8 +207,14 @@ def main() -> None:
             for phase in ("first", "unchanged", "changed"):
                 results.append((phase, measure(url_ours, prefix, args.rows, phase)))
             for phase, r in results:
-                detail = json.dumps(r.get("counts", "")) if phase != "raw" else "executemany, batches of 1000"
-                print(f"{backend:9} {phase:10} {r['seconds']:8.2f} {total / r['seconds']:9.0f} {r['rss_mb']:12.0f}  {detail}")
+                detail = (
+                    json.dumps(r.get("counts", ""))
+                    if phase != "raw"
+                    else "executemany, batches of 1000"
+                )
+                print(
+                    f"{backend:9} {phase:10} {r['seconds']:8.2f} {total / r['seconds']:9.0f} {r['rss_mb']:12.0f}  {detail}"
+                )
             first = dict(results)["first"]["seconds"]
             print(f"{backend:9} first load / raw = {first / raw['seconds']:.2f}x; "
                   f"first / unchanged = {first / dict(results)['unchanged']['seconds']:.1f}x")  # fmt: skip

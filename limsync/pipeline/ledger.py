@@ -106,8 +106,8 @@ def known_keys(
     """Every (key, state) the ledger holds for a stream, streamed."""
     t = st.ledger
     q = sa.select(t.c.source_key, t.c.state).where(t.c.connector == connector, t.c.stream == stream)
-    for k, state in conn.execute(q, execution_options={"yield_per": 5000}):
-        yield k, state
+    rows = conn.execute(q, execution_options={"yield_per": 5000})
+    yield from ((str(k), str(state)) for k, state in rows)
 
 
 def mark(

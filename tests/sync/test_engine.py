@@ -9,12 +9,12 @@ from typing import Annotated, Any
 import pytest
 from pydantic import BaseModel, Field
 
-from limsync.connectors.base import Cursor, Stream, StreamSettings, Streams
-from limsync.pipeline import Database, Key, Lookup, Manual, Ref, Schema
-from limsync.pipeline import state
+from limsync.connectors.base import Cursor, Stream, Streams, StreamSettings
+from limsync.pipeline import Database, Key, Lookup, Manual, Ref, Schema, state
 from limsync.pipeline.locks import writer_lock
 from limsync.sync.engine import SyncEngine
-from limsync.sync.mapping import Emitted, Lookup as FindRow, Mapper, StreamMap
+from limsync.sync.mapping import Emitted, Mapper, StreamMap
+from limsync.sync.mapping import Lookup as FindRow
 from limsync.testing.memory import MemoryConnector, MemorySettings
 
 ref = Schema("ref")
