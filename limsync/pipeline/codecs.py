@@ -142,7 +142,9 @@ def codec_for(ctype: ColumnType, dialect: str) -> Codec:
             return Codec(encode=_nullable(bool), decode=_nullable(bool), stored=bool)
         return Codec(encode=_nullable(int), decode=_nullable(bool), stored=int)
     if kind == "float32":
-        return Codec(encode=_nullable(_float32), decode=_nullable(float), stored=_float32)
+        # Decoded to the stored single-precision value, the same on every backend (PostgreSQL
+        # prints the shortest repr, MySQL is read as DOUBLE: see Database.select_column).
+        return Codec(encode=_nullable(_float32), decode=_nullable(_float32), stored=_float32)
     if kind == "float64":
         return Codec(encode=_nullable(float), decode=_nullable(float), stored=float)
     if kind in ("int8", "int16", "int32", "int64"):

@@ -87,7 +87,8 @@ class ColumnType:
         if m := re.fullmatch(r"datetime(?:\((\d)\))?", low):
             return cls("datetime", precision=int(m.group(1) or 0))
         if low.startswith("enum(") and low.endswith(")"):
-            return cls("enum", values=tuple(re.findall(r"'((?:[^']|'')*)'", s[5:-1])))
+            members = re.findall(r"'((?:[^']|'')*)'", s[5:-1])
+            return cls("enum", values=tuple(m.replace("''", "'") for m in members))
         if low in ("<blob>", "blob", "longblob"):
             return cls("blob")
         simple = {
@@ -130,23 +131,14 @@ class AnnotationInfo:
     type: ColumnType
     nullable: bool
     in_key: bool
+    comment: str = ""  # a description found in a nested ``Field`` (pydantic drops it)
 
 
 def column_type_from_annotation(annotation: Any, field: FieldInfo, where: str) -> AnnotationInfo:
     """Infer a column's type from a pydantic field (annotation plus metadata)."""
-    in_key = False
-    override: SqlType | None = None
     metadata: list[Any] = list(field.metadata)
-    tp = annotation
-    # Unwrap Annotated layers that pydantic left in place (e.g. inside Optional).
-    while typing.get_origin(tp) is typing.Annotated:
-        args = typing.get_args(tp)
-        tp, metadata = args[0], [*metadata, *args[1:]]
-    for m in metadata:
-        if m is Key:
-            in_key = True
-        elif isinstance(m, SqlType):
-            override = m
+    comment = ""
+    tp, metadata, comment = _unwrap(annotation, metadata, comment)
     nullable = False
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -154,15 +146,29 @@ def column_type_from_annotation(annotation: Any, field: FieldInfo, where: str) -
         nullable = len(args) < len(typing.get_args(tp))
         if len(args) != 1:
             raise DeclarationError(f"{where}: a column must have one type, not {tp!r}")
-        tp = args[0]
-        while typing.get_origin(tp) is typing.Annotated:
-            args2 = typing.get_args(tp)
-            tp, metadata = args2[0], [*metadata, *args2[1:]]
-            in_key = in_key or any(m is Key for m in args2[1:])
+        # ``Annotated[Decimal, Field(max_digits=..)] | None``: pydantic leaves the inner
+        # Annotated (and its FieldInfo) in place, so its constraints are collected here.
+        tp, metadata, comment = _unwrap(args[0], metadata, comment)
         origin = typing.get_origin(tp)
+    in_key = any(m is Key for m in metadata)
+    override = next((m for m in reversed(metadata) if isinstance(m, SqlType)), None)
     if override is not None:
-        return AnnotationInfo(ColumnType.parse(override.spelling), nullable, in_key)
-    return AnnotationInfo(_infer(tp, origin, metadata, where), nullable, in_key)
+        return AnnotationInfo(ColumnType.parse(override.spelling), nullable, in_key, comment)
+    return AnnotationInfo(_infer(tp, origin, metadata, where), nullable, in_key, comment)
+
+
+def _unwrap(tp: Any, metadata: list[Any], comment: str) -> tuple[Any, list[Any], str]:
+    """Strip ``Annotated`` layers, collecting their metadata (a FieldInfo's constraints too)."""
+    while typing.get_origin(tp) is typing.Annotated:
+        args = typing.get_args(tp)
+        tp = args[0]
+        for m in args[1:]:
+            if isinstance(m, FieldInfo):
+                metadata = [*metadata, *m.metadata]
+                comment = comment or (m.description or "")
+            else:
+                metadata = [*metadata, m]
+    return tp, metadata, comment
 
 
 def _infer(tp: Any, origin: Any, metadata: list[Any], where: str) -> ColumnType:
@@ -185,7 +191,9 @@ def _infer(tp: Any, origin: Any, metadata: list[Any], where: str) -> ColumnType:
         length = next((m.max_length for m in metadata if isinstance(m, MaxLen)), DEFAULT_VARCHAR)
         return ColumnType("varchar", length=length)
     if tp is decimal.Decimal:
-        digits = next((getattr(m, "max_digits", None) for m in metadata if hasattr(m, "max_digits")), None)
+        digits = next(
+            (getattr(m, "max_digits", None) for m in metadata if hasattr(m, "max_digits")), None
+        )
         places = next(
             (getattr(m, "decimal_places", None) for m in metadata if hasattr(m, "decimal_places")),
             None,

@@ -217,7 +217,12 @@ class Database:
     def _check(self, conn: sa.Connection, spec: TableSpec, migrate: bool) -> bool:
         schema, name = self.physical(spec)
         existing = reflect.reflect_table(
-            conn, schema, name, logical_schema=spec.schema, logical_parent=self._logical_name
+            conn,
+            schema,
+            name,
+            logical_schema=spec.schema,
+            logical_parent=self._logical_name,
+            name=spec.name,
         )
         diffs = reflect.differences(spec, existing, self.dialect)
         if not diffs:
@@ -251,20 +256,25 @@ class Database:
             comment = self._literal(ddl.column_comment(col, self.dialect))
             if self.dialect == "mysql":
                 sql += f" COMMENT {comment}"
-            conn.execute(sa.text(_escape_colons(sql)))
+            self._execute_ddl(conn, sql)
             if self.dialect == "postgresql":
-                conn.execute(
-                    sa.text(
-                        f"COMMENT ON COLUMN {self.qualified(spec)}.{self.quote(col.name)} "
-                        f"IS {_escape_colons(comment)}"
-                    )
+                self._execute_ddl(
+                    conn,
+                    f"COMMENT ON COLUMN {self.qualified(spec)}.{self.quote(col.name)} IS {comment}",
                 )
 
     def _literal(self, value: str) -> str:
-        """A SQL string literal, escaped the way this dialect needs (MySQL: backslashes too)."""
-        render = sa.String().literal_processor(dialect=self.engine.dialect)  # type: ignore[no-untyped-call]
-        assert render is not None
-        return str(render(value))
+        """A SQL string literal, escaped the way this dialect reads it."""
+        text = value.replace("'", "''")
+        if self.dialect == "mysql":
+            text = text.replace("\\", "\\\\")  # backslash escapes are on by default there
+        return f"'{text}'"
+
+    def _execute_ddl(self, conn: sa.Connection, sql: str) -> None:
+        # The drivers of MySQL and PostgreSQL read "%" as a parameter marker.
+        if self.dialect != "sqlite":
+            sql = sql.replace("%", "%%")
+        conn.exec_driver_sql(sql)
 
     def _logical_schema(self, physical: str) -> str:
         """The pipeline schema of a physical database/schema (the prefix removed)."""
@@ -310,8 +320,8 @@ class Database:
                 sql_name,
                 logical_schema=logical_schema,
                 logical_parent=logical_parent,
+                name=table,
             )
-        spec.name = table
         if db_schema != self.physical_schema(logical_schema):
             spec.database_schema = db_schema  # outside the prefix: keep the exact name
         existing = self._specs.get(spec.qualname)
@@ -376,23 +386,30 @@ class Database:
             return int(c.exec_driver_sql(sql).scalar_one())
 
     def drop_schemas(self, schemas: Iterable[str]) -> None:
-        """Drop whole pipeline schemas (physical names). For tests and ``limsync demo``."""
+        """Drop whole pipeline schemas (physical names). For tests and ``limsync demo``.
+
+        Schemas may reference each other; the order they are given in does not matter.
+        """
+        schemas = list(schemas)
         with self.engine.begin() as conn:
-            for schema in schemas:
-                if self.dialect == "mysql":
-                    # Schemas may reference each other: let the drop order not matter.
-                    conn.exec_driver_sql("SET SESSION foreign_key_checks = 0")
-                    conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {self.quote(schema)}")
+            if self.dialect == "mysql":
+                conn.exec_driver_sql("SET SESSION foreign_key_checks = 0")
+                try:
+                    for schema in schemas:
+                        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {self.quote(schema)}")
+                finally:
                     conn.exec_driver_sql("SET SESSION foreign_key_checks = 1")
-                elif self.dialect == "postgresql":
+            elif self.dialect == "postgresql":
+                for schema in schemas:
                     conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {self.quote(schema)} CASCADE")
-                else:
-                    # PRAGMA foreign_keys cannot change inside a transaction, so drop children
-                    # before their parents instead.
-                    ordered = sa.inspect(conn).get_sorted_table_and_fkc_names()
-                    for name, _ in reversed(ordered):
-                        if name is not None and name.startswith(schema + "."):
-                            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self.quote(name)}")
+            else:
+                # PRAGMA foreign_keys cannot change inside a transaction: drop every table of
+                # the schemas children first instead.
+                prefixes = tuple(f"{schema}." for schema in schemas)
+                ordered = sa.inspect(conn).get_sorted_table_and_fkc_names()
+                for name, _ in reversed(ordered):
+                    if name is not None and name.startswith(prefixes):
+                        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self.quote(name)}")
 
     def dispose(self) -> None:
         """Close every pooled connection."""
@@ -461,11 +478,6 @@ def _is_connect_error(exc: sa.exc.OperationalError) -> bool:
 
 def _driver_message(exc: sa.exc.DBAPIError) -> str:
     return str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-
-
-def _escape_colons(sql: str) -> str:
-    # sa.text() reads ":name" as a bind parameter; DataJoint's comments are full of colons.
-    return sql.replace(":", "\\:")
 
 
 def quoted_list(db: Database, names: Sequence[str]) -> str:

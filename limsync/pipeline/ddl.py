@@ -13,12 +13,17 @@ This module only builds SQLAlchemy :class:`~sqlalchemy.Table` objects; SQLAlchem
 
 from __future__ import annotations
 
+import decimal
+import enum
 import hashlib
+import math
 from collections.abc import Callable
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 
+from limsync.errors import DeclarationError
 from limsync.pipeline.columns import ColumnType
 from limsync.pipeline.tables import ColumnSpec, TableSpec
 
@@ -28,7 +33,9 @@ MYSQL_TABLE_OPTIONS = {
     "mysql_charset": "utf8mb4",
     "mysql_collate": "utf8mb4_bin",
 }
-FK_OPTIONS = {"onupdate": "CASCADE", "ondelete": "RESTRICT"}
+# DataJoint's foreign keys: cascading is the application's job, the database only refuses.
+FK_ON_UPDATE = "CASCADE"
+FK_ON_DELETE = "RESTRICT"
 
 
 def column_comment(col: ColumnSpec, dialect: str) -> str:
@@ -40,9 +47,9 @@ def column_comment(col: ColumnSpec, dialect: str) -> str:
     return f":{dj_type}:{col.comment}"
 
 
-def sql_type(  # type: ignore[type-arg]
+def sql_type(
     ctype: ColumnType, dialect: str, enum_name: str | None = None, schema: str | None = None
-) -> sa.types.TypeEngine:
+) -> sa.types.TypeEngine[Any]:
     """The SQLAlchemy type of a column on ``dialect``."""
     kind = ctype.kind
     if kind == "varchar":
@@ -83,7 +90,7 @@ def sql_type(  # type: ignore[type-arg]
         if dialect == "mysql":
             return mysql.TINYINT()
         return sa.Boolean()
-    ints: dict[str, Callable[[], sa.types.TypeEngine]] = {  # type: ignore[type-arg]
+    ints: dict[str, Callable[[], sa.types.TypeEngine[Any]]] = {
         "int8": mysql.TINYINT if dialect == "mysql" else sa.SmallInteger,
         "int16": sa.SmallInteger,
         "int32": sa.Integer,
@@ -98,25 +105,40 @@ def sql_type(  # type: ignore[type-arg]
     raise AssertionError(f"unhandled column kind {kind}")
 
 
-def server_default(col: ColumnSpec, dialect: str) -> sa.TextClause | None:
-    """A literal DEFAULT for simple scalar defaults, so DataJoint inserts may omit the column."""
+def server_default(col: ColumnSpec, dialect: str) -> str | sa.TextClause | None:
+    """A literal DEFAULT for simple scalar defaults, so DataJoint inserts may omit the column.
+
+    Strings are returned as they are: SQLAlchemy quotes and escapes them for the dialect.
+    """
     value = col.default
     if not col.has_default or value is None:
         return None
+    kind = col.type.kind
+    if isinstance(value, enum.Enum):
+        value = value.value
     if isinstance(value, bool):
         if dialect == "postgresql":
             return sa.text("true" if value else "false")
         return sa.text("1" if value else "0")
-    if isinstance(value, int | float) and col.type.kind not in ("json", "blob"):
+    if isinstance(value, int) and kind not in ("json", "blob", "bytes"):
+        return sa.text(str(value))
+    if isinstance(value, float) and math.isfinite(value) and kind not in ("json", "blob", "bytes"):
         return sa.text(repr(value))
-    if isinstance(value, str) and col.type.kind in ("varchar", "char", "text", "enum"):
-        return sa.text("'" + value.replace("'", "''") + "'")
+    if isinstance(value, decimal.Decimal) and value.is_finite() and kind == "decimal":
+        return sa.text(str(value))
+    if isinstance(value, str) and kind in ("varchar", "char", "text", "enum"):
+        return value
     return None
 
 
 def enum_type_name(ctype: ColumnType) -> str:
-    """DataJoint's PostgreSQL enum naming: ``enum_<hash of the members>``."""
-    digest = hashlib.md5(",".join(ctype.values).encode(), usedforsecurity=False).hexdigest()
+    """DataJoint's PostgreSQL enum naming: ``enum_<md5 of the sorted members>[:8]``.
+
+    The same rule as DataJoint 2.3.5 (``adapters/postgres.py``), so that a DataJoint table in the
+    same schema with the same enum reuses the type instead of creating a twin.
+    """
+    members = "_".join(sorted(ctype.values))
+    digest = hashlib.md5(members.encode(), usedforsecurity=False).hexdigest()
     return f"enum_{digest[:8]}"
 
 
@@ -133,7 +155,7 @@ def build_table(
     spec from its qualified logical name (for foreign keys).
     """
     schema, name = physical(spec)
-    columns: list[sa.Column] = []  # type: ignore[type-arg]
+    columns: list[sa.Column[Any]] = []
     for col in spec.columns:
         columns.append(
             sa.Column(
@@ -146,23 +168,30 @@ def build_table(
                 server_default=server_default(col, dialect),
             )
         )
-    constraints: list[sa.SchemaItem] = []
+    constraints: list[sa.schema.SchemaItem] = []
     for i, fk in enumerate(spec.foreign_keys):
         parent = resolve(fk.parent)
         pschema, pname = physical(parent)
-        prefix = f"{pschema}.{pname}" if pschema else pname
+        # The parent's Table object, not a "schema.table.column" string: SQLite table names
+        # hold a dot ("lab.subject") that such a string could not express.
+        parent_table = metadata.tables.get(f"{pschema}.{pname}" if pschema else pname)
+        if parent_table is None:
+            raise DeclarationError(
+                f"table {spec.qualname}: build its parent {fk.parent} into the metadata first"
+            )
         constraints.append(
             sa.ForeignKeyConstraint(
                 list(fk.columns),
-                [f"{prefix}.{c}" for c in fk.parent_columns],
+                [parent_table.c[c] for c in fk.parent_columns],
                 name=_constraint_name(name, i, dialect),
-                **FK_OPTIONS,
+                onupdate=FK_ON_UPDATE,
+                ondelete=FK_ON_DELETE,
             )
         )
         if dialect == "postgresql" and fk.columns != spec.primary_key[: len(fk.columns)]:
             # MySQL indexes FK columns by itself; DataJoint adds the index on PostgreSQL.
             constraints.append(sa.Index(_index_name(name, fk.columns), *fk.columns))
-    kwargs = MYSQL_TABLE_OPTIONS if dialect == "mysql" else {}
+    kwargs: dict[str, Any] = dict(MYSQL_TABLE_OPTIONS) if dialect == "mysql" else {}
     return sa.Table(
         name,
         metadata,
@@ -179,9 +208,17 @@ def _constraint_name(table: str, i: int, dialect: str) -> str | None:
         return None
     # MySQL's own naming, which DataJoint's DDL shows: <table>_ibfk_<n>.
     base = f"{table}_ibfk_{i + 1}"
-    return base if len(base) <= 63 else "fk_" + hashlib.md5(base.encode(), usedforsecurity=False).hexdigest()[:16]
+    return (
+        base
+        if len(base) <= 63
+        else "fk_" + hashlib.md5(base.encode(), usedforsecurity=False).hexdigest()[:16]
+    )
 
 
 def _index_name(table: str, columns: tuple[str, ...]) -> str:
     base = f"idx_{table}_{'_'.join(columns)}"
-    return base if len(base) <= 63 else "idx_" + hashlib.md5(base.encode(), usedforsecurity=False).hexdigest()[:16]
+    return (
+        base
+        if len(base) <= 63
+        else "idx_" + hashlib.md5(base.encode(), usedforsecurity=False).hexdigest()[:16]
+    )

@@ -21,6 +21,7 @@ def build_graph(specs: Iterable[TableSpec]) -> nx.DiGraph:
     Parents outside ``specs`` still appear as nodes (without a ``spec`` attribute), so a graph of
     part of a pipeline still orders correctly.
     """
+    specs = list(specs)  # walked twice: an iterator would leave the graph without edges
     g = nx.DiGraph()
     for spec in specs:
         g.add_node(spec.qualname, spec=spec)

@@ -27,11 +27,11 @@ COMMENT_RE = re.compile(r":(?P<type>[^:]+):(?P<comment>.*)", re.DOTALL)
 
 def tier_of(name: str) -> Tier:
     """DataJoint's tier from a SQL table name."""
+    core = name.lstrip("#_")
+    if "__" in core:
+        return Tier.PART  # "session__probe", "__stats__unit", "#lab__member"
     if name.startswith("#"):
         return Tier.LOOKUP
-    core = name.lstrip("_")
-    if "__" in core:
-        return Tier.PART
     if name.startswith("__"):
         return Tier.COMPUTED
     if name.startswith("_"):
@@ -88,6 +88,54 @@ def type_from_sql(sqltype: Any, comment: str | None) -> tuple[ColumnType, str]:
     raise DeclarationError(f"column type {sqltype!r} is not supported")
 
 
+_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
+_QUOTED = re.compile(r"'((?:[^']|'')*)'")
+
+
+def parse_default(text: str | None, ctype: ColumnType) -> Any:
+    """A column's server default as a Python value, or ``NO_DEFAULT``.
+
+    ``text`` is the default as SQLAlchemy reflects it: ``'U''x'`` or ``5`` (MySQL, SQLite),
+    ``'UTC'::character varying`` (PostgreSQL). Rows that leave the column out get this value,
+    because the upsert always writes every column. Expressions (``CURRENT_TIMESTAMP``, ...)
+    cannot be computed here: the column then has no default and rows must give a value.
+    """
+    if text is None:
+        return NO_DEFAULT
+    t = re.sub(r"::[^']+$", "", text.strip())  # PostgreSQL's casts
+    while t.startswith("(") and t.endswith(")"):
+        t = t[1:-1].strip()
+    if t.upper() == "NULL":
+        return None
+    if m := _QUOTED.fullmatch(t):
+        t = m.group(1).replace("''", "'")
+    elif not _NUMBER.fullmatch(t) and t.lower() not in ("true", "false"):
+        return NO_DEFAULT
+    try:
+        return _default_value(t, ctype)
+    except (ValueError, ArithmeticError):
+        return NO_DEFAULT
+
+
+def _default_value(t: str, ctype: ColumnType) -> Any:
+    kind = ctype.kind
+    if kind in ("varchar", "char", "text", "enum"):
+        return t
+    if kind in ("int8", "int16", "int32", "int64"):
+        return int(t)
+    if kind in ("float32", "float64"):
+        return float(t)
+    if kind == "decimal":
+        return decimal.Decimal(t)
+    if kind == "bool":
+        return t.lower() in ("1", "true", "t")
+    if kind == "date":
+        return dt.date.fromisoformat(t)
+    if kind == "datetime":
+        return dt.datetime.fromisoformat(t)
+    return NO_DEFAULT  # uuid, json, blobs: no literal defaults limsync would write
+
+
 _PYTHON: dict[str, Any] = {
     "int8": int, "int16": int, "int32": int, "int64": int, "float32": float,
     "float64": float, "bool": bool, "date": dt.date, "datetime": dt.datetime, "uuid": uuid.UUID,
@@ -102,7 +150,7 @@ def python_annotation(col: ColumnSpec) -> Any:
     if t.kind in ("varchar", "char"):
         ann = typing.Annotated[str, pydantic.Field(max_length=t.length)]
     elif t.kind == "enum":
-        ann = typing.Literal[t.values]  # type: ignore[valid-type]
+        ann = typing.Literal[t.values]
     elif t.kind == "decimal":
         ann = typing.Annotated[
             decimal.Decimal, pydantic.Field(max_digits=t.precision, decimal_places=t.scale)
@@ -121,7 +169,7 @@ def row_model_for(name: str, columns: tuple[ColumnSpec, ...]) -> type[pydantic.B
         else:
             default = ...
         fields[col.name] = (python_annotation(col), default)
-    return pydantic.create_model(  # type: ignore[call-overload, no-any-return]
+    return pydantic.create_model(
         name,
         __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True),
         **fields,
@@ -135,8 +183,14 @@ def reflect_table(
     *,
     logical_schema: str,
     logical_parent: typing.Callable[[str | None, str], str],
+    name: str | None = None,
 ) -> TableSpec:
-    """Read one table's definition. ``logical_parent`` names a referenced table logically."""
+    """Read one table's definition.
+
+    ``logical_parent`` names a referenced table logically; ``name`` is the table's own name
+    without any SQLite schema prefix (default: ``table``), which also gives its tier.
+    """
+    name = name or table
     insp = sa.inspect(conn)
     if not insp.has_table(table, schema=schema):
         where = f"{schema}.{table}" if schema else table
@@ -147,13 +201,18 @@ def reflect_table(
         if c["name"].startswith("_"):
             continue  # hidden columns (DataJoint's _job_*, _prov): never ours to write
         ctype, comment = type_from_sql(c["type"], c.get("comment"))
-        has_default = c.get("default") is not None or c["nullable"]
+        if ctype.kind == "datetime" and not ctype.precision and conn.dialect.name == "sqlite":
+            # SQLite keeps datetimes as text of any precision: never truncate them.
+            ctype = ColumnType("datetime", precision=6)
+        default = parse_default(c.get("default"), ctype)
+        if default is NO_DEFAULT and c["nullable"]:
+            default = None
         columns.append(
             ColumnSpec(
                 name=c["name"],
                 type=ctype,
                 nullable=bool(c["nullable"]),
-                default=None if has_default else NO_DEFAULT,
+                default=default,
                 comment=comment,
                 in_key=c["name"] in pk,
             )
@@ -171,13 +230,13 @@ def reflect_table(
     cols = tuple(columns)
     return TableSpec(
         schema=logical_schema,
-        name=table,
-        tier=tier_of(table),
+        name=name,
+        tier=tier_of(name),
         columns=cols,
         primary_key=pk,
         foreign_keys=tuple(fks),
         comment=_table_comment(insp, table, schema),
-        row_model=row_model_for(f"{table.strip('#_')}_row", cols),
+        row_model=row_model_for(f"{name.strip('#_')}_row", cols),
         declared=False,
     )
 
@@ -221,7 +280,7 @@ def _same_type(declared: ColumnType, existing: ColumnType, dialect: str) -> bool
         # SQLite keeps few type distinctions; compare only what survives a round trip.
         return _sqlite_family(declared) == _sqlite_family(existing)
     if declared.kind == "uuid" and dialect == "postgresql":
-        return existing.kind == "char" and existing.length == 36 or existing.kind == "uuid"
+        return (existing.kind == "char" and existing.length == 36) or existing.kind == "uuid"
     if declared.kind in ("blob", "bytes") and existing.kind in ("blob", "bytes"):
         return declared.kind == existing.kind or dialect != "mysql"
     return declared.dj_type == existing.dj_type

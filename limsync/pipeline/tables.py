@@ -28,6 +28,7 @@ class is defined.
 from __future__ import annotations
 
 import enum
+import inspect
 import re
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -49,7 +50,9 @@ NAME_RE = re.compile(r"[a-z][a-z0-9]*(_[a-z][a-z0-9]*)*")
 COLUMN_RE = re.compile(r"[a-z][a-z0-9_]*")
 SCHEMA_RE = re.compile(r"[a-z][a-z0-9_]*")
 CLASS_RE = re.compile(r"[A-Z][A-Za-z0-9]*")
-MAX_IDENTIFIER = 64  # MySQL's limit; PostgreSQL's is 63 bytes, checked in ddl
+# PostgreSQL truncates longer identifiers (MySQL allows 64): the stricter limit keeps a pipeline
+# portable, and a truncated name would never be found again by reflection.
+MAX_IDENTIFIER = 63
 
 
 class Tier(enum.StrEnum):
@@ -217,7 +220,11 @@ class Table:
             return
         _finish(cls)
         for attr in list(vars(cls).values()):
-            if isinstance(attr, type) and getattr(attr, "__pending_part__", False):
+            if (
+                isinstance(attr, type)
+                and issubclass(attr, Table)
+                and getattr(attr, "__pending_part__", False)
+            ):
                 attr.__master__ = cls
                 attr.__pending_part__ = False  # type: ignore[attr-defined]
                 if "__schema__" not in attr.__dict__:
@@ -271,6 +278,11 @@ def _finish(cls: type[Table]) -> None:
     if not NAME_RE.fullmatch(base):
         raise DeclarationError(f"{where}: table name {base!r} is not lower snake case")
     refs: list[Ref] = [r if isinstance(r, Ref) else Ref(r) for r in cls.__references__]
+    for ref in refs:
+        if ref.key and ref.nullable:
+            raise DeclarationError(
+                f"{where}: a reference in the primary key cannot be nullable ({ref.spec.qualname})"
+            )
     if cls.__tier__ is Tier.PART:
         master = cls.__master__
         assert master is not None
@@ -279,7 +291,9 @@ def _finish(cls: type[Table]) -> None:
     else:
         sql_name = cls.__tier__.value + base
     if len(sql_name) > MAX_IDENTIFIER:
-        raise DeclarationError(f"{where}: table name {sql_name!r} is longer than 64 characters")
+        raise DeclarationError(
+            f"{where}: table name {sql_name!r} is longer than {MAX_IDENTIFIER} characters"
+        )
 
     own = _own_columns(cls, where)
     columns: list[ColumnSpec] = []
@@ -289,13 +303,13 @@ def _finish(cls: type[Table]) -> None:
     for ref in sorted(refs, key=lambda r: not r.key):
         parent = ref.spec
         assert parent.row_model is not None
-        for pk in parent.primary_key:
-            pcol = parent.column(pk)
-            if any(c.name == pk for c in columns):
+        for pk_name in parent.primary_key:
+            pcol = parent.column(pk_name)
+            if any(c.name == pk_name for c in columns):
                 continue  # diamond: the same inherited column from two parents
             columns.append(
                 ColumnSpec(
-                    pk,
+                    pk_name,
                     pcol.type,
                     nullable=ref.nullable,
                     default=None if ref.nullable else NO_DEFAULT,
@@ -303,11 +317,11 @@ def _finish(cls: type[Table]) -> None:
                     in_key=ref.key,
                 )
             )
-            ann = parent.row_model.model_fields[pk]
+            ann = parent.row_model.model_fields[pk_name]
             annotation: Any = ann.annotation
             if ref.nullable:
                 annotation = annotation | None
-            fields[pk] = (
+            fields[pk_name] = (
                 typing.Annotated[annotation, *ann.metadata],
                 None if ref.nullable else ...,
             )
@@ -322,9 +336,7 @@ def _finish(cls: type[Table]) -> None:
         )
     for spec, annotation, finfo in own:
         if any(c.name == spec.name for c in columns):
-            raise DeclarationError(
-                f"{where}: column {spec.name!r} is already added by a reference"
-            )
+            raise DeclarationError(f"{where}: column {spec.name!r} is already added by a reference")
         columns.append(spec)
         fields[spec.name] = (annotation, finfo)
     # Primary key columns first, as DataJoint lays them out.
@@ -345,7 +357,8 @@ def _finish(cls: type[Table]) -> None:
         __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True),
         **{name: fields[name] for name in (c.name for c in columns)},
     )
-    comment = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+    doc_lines = (cls.__doc__ or "").strip().splitlines()
+    comment = doc_lines[0].strip() if doc_lines else ""
     if comment.startswith(":"):
         raise DeclarationError(f"{where}: a table comment must not start with ':'")
     cls.spec = TableSpec(
@@ -365,7 +378,7 @@ def _finish(cls: type[Table]) -> None:
 def _own_columns(cls: type[Table], where: str) -> list[tuple[ColumnSpec, Any, Any]]:
     hints = typing.get_type_hints(cls, include_extras=True)
     out: list[tuple[ColumnSpec, Any, Any]] = []
-    for name in cls.__dict__.get("__annotations__", {}):
+    for name in inspect.get_annotations(cls):
         hint = hints[name]
         if typing.get_origin(hint) is ClassVar:
             continue
@@ -373,7 +386,7 @@ def _own_columns(cls: type[Table], where: str) -> list[tuple[ColumnSpec, Any, An
         if not COLUMN_RE.fullmatch(name) or len(name) > MAX_IDENTIFIER:
             raise DeclarationError(
                 f"{cwhere}: column names are lower snake case, do not start with '_' "
-                "(reserved for hidden columns) and are at most 64 characters"
+                f"(reserved for hidden columns) and are at most {MAX_IDENTIFIER} characters"
             )
         default = cls.__dict__.get(name, NO_DEFAULT)
         finfo = (
@@ -394,7 +407,7 @@ def _own_columns(cls: type[Table], where: str) -> list[tuple[ColumnSpec, Any, An
                 col_default = NO_DEFAULT
         if col_default is NO_DEFAULT and info.nullable:
             col_default = None
-        comment = (finfo.description or "").strip()
+        comment = (finfo.description or info.comment).strip()
         if comment.startswith(":"):
             raise DeclarationError(f"{cwhere}: a column comment must not start with ':'")
         spec = ColumnSpec(

@@ -14,6 +14,9 @@ batch would cost more than the database round trip it saves.
 
 from __future__ import annotations
 
+import hashlib
+import pickle
+import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +27,7 @@ import pydantic
 import sqlalchemy as sa
 
 from limsync.errors import MissingParentError, RowError
+from limsync.pipeline.codecs import Codec
 from limsync.pipeline.tables import Table, TableSpec
 
 if TYPE_CHECKING:
@@ -32,7 +36,11 @@ if TYPE_CHECKING:
 Key = tuple[Any, ...]
 
 DEFAULT_BATCH_ROWS = 1000
-MAX_PARAMS = {"sqlite": 32_000 if sqlite3.sqlite_version_info >= (3, 32) else 999, "postgresql": 65_000, "mysql": 60_000}
+MAX_PARAMS = {
+    "sqlite": 32_000 if sqlite3.sqlite_version_info >= (3, 32) else 999,
+    "postgresql": 65_000,
+    "mysql": 60_000,
+}
 DEFAULT_BATCH_BYTES = 4 * 1024 * 1024  # far below MySQL's 16 MB default max_allowed_packet
 
 
@@ -120,42 +128,114 @@ def upsert(
     fails validation, or references a missing parent, raises :class:`RowError` /
     :class:`MissingParentError` naming table, key and column; the caller's transaction then
     rolls back, so nothing of the batch is written. Later duplicates of a key win.
+
+    The ChangeSet compares the table before and after the call: each key appears once, as
+    inserted (absent before), updated (its final row differs from the row stored before the
+    call) or unchanged, however the rows were split into batches.
     """
     spec = _spec(table)
     db.register(spec)
-    result = ChangeSet(spec.qualname)
+    tally = _Tally()
     per_batch = max(1, min(batch_rows, MAX_PARAMS[db.dialect] // max(1, len(spec.columns))))
     it = iter(rows)
     while chunk := list(islice(it, per_batch)):
         valid = [validate_row(spec, r) for r in chunk] if validate else [dict(r) for r in chunk]
-        for batch in _split_by_bytes(db, spec, _dedupe(spec, valid), batch_bytes):
-            result.extend(_upsert_batch(db, conn, spec, batch, check_parents))
-    return result
+        for batch in _split_by_bytes(_encode_unique(db, spec, valid), batch_bytes):
+            _upsert_batch(db, conn, spec, batch, check_parents, tally)
+    return tally.changeset(spec.qualname)
 
 
-def _dedupe(spec: TableSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    by_key: dict[Key, dict[str, Any]] = {}
-    for r in rows:
-        by_key[spec.key_of(r)] = r
-    return list(by_key.values()) if len(by_key) != len(rows) else rows
+# One row on its way to the database: (primary key as given, encoded key, encoded row).
+_Encoded = tuple[Key, Key, tuple[Any, ...]]
 
 
-def _split_by_bytes(
-    db: Database, spec: TableSpec, rows: list[dict[str, Any]], limit: int
-) -> Iterator[list[tuple[dict[str, Any], tuple[Any, ...]]]]:
-    """Encode rows and cut them into batches whose SQL stays under ``limit`` bytes."""
+class _Tally:
+    """Per-key outcome of one upsert call, relative to the table before the call.
+
+    A key can come back in a later batch of the same call (rows are streamed, so duplicates
+    are only merged within a batch). To still report it exactly, the digest of the row stored
+    before the call is kept for every key that existed; ``None`` marks a key that did not.
+    """
+
+    def __init__(self) -> None:
+        self.before: dict[Key, bytes | None] = {}
+        self.status: dict[Key, tuple[Key, str]] = {}
+
+    def record(
+        self,
+        key: Key,
+        ekey: Key,
+        enc: tuple[Any, ...],
+        raw: tuple[Any, ...] | None,
+        codecs: list[Codec],
+    ) -> bool:
+        """Record one row against ``raw``, the stored row. True when the row must be written."""
+        differs = raw is None or not all(
+            c.same(e, r) for c, e, r in zip(codecs, enc, raw, strict=True)
+        )
+        if ekey not in self.before:
+            self.before[ekey] = None if raw is None else _digest(_normalised(codecs, raw))
+            status = "inserted" if raw is None else ("updated" if differs else "unchanged")
+        else:
+            original = self.before[ekey]
+            if original is None:
+                status = "inserted"
+            else:
+                status = "unchanged" if _digest(enc) == original else "updated"
+        self.status[ekey] = (key, status)
+        return differs
+
+    def changeset(self, table: str) -> ChangeSet:
+        """The ChangeSet, keys in order of first appearance."""
+        cs = ChangeSet(table)
+        lists = {"inserted": cs.inserted, "updated": cs.updated, "unchanged": cs.unchanged}
+        for key, status in self.status.values():
+            lists[status].append(key)
+        return cs
+
+
+def _normalised(codecs: list[Codec], raw: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A stored row in parameter space: equal to the encoded row when ``Codec.same`` says so."""
+    return tuple(None if v is None else c.stored(v) for c, v in zip(codecs, raw, strict=True))
+
+
+def _digest(row: tuple[Any, ...]) -> bytes:
+    # Normalised rows hold plain values of one type per column (see codecs), so equal rows
+    # pickle to equal bytes.
+    return hashlib.blake2b(pickle.dumps(row, protocol=5), digest_size=16).digest()
+
+
+def _encode_unique(db: Database, spec: TableSpec, rows: list[dict[str, Any]]) -> list[_Encoded]:
+    """Encode rows; of rows with the same *stored* key only the last is kept."""
     codecs = db.codecs(spec)
     names = spec.column_names
-    batch: list[tuple[dict[str, Any], tuple[Any, ...]]] = []
-    size = 0
+    key_idx = _key_indexes(spec)
+    by_key: dict[Key, _Encoded] = {}
     for row in rows:
         enc = tuple(c.encode(row.get(n)) for c, n in zip(codecs, names, strict=True))
+        ekey = tuple(enc[i] for i in key_idx)
+        # Keys are compared encoded: two datetimes that truncate to the same datetime(3) key,
+        # or a uuid given as str and as UUID, are one row in the database. The last row wins;
+        # the key keeps its first position (the order of the ChangeSet).
+        by_key[ekey] = (spec.key_of(row), ekey, enc)
+    return list(by_key.values())
+
+
+def _key_indexes(spec: TableSpec) -> list[int]:
+    return [spec.column_names.index(k) for k in spec.primary_key]
+
+
+def _split_by_bytes(rows: list[_Encoded], limit: int) -> Iterator[list[_Encoded]]:
+    """Cut encoded rows into batches whose SQL stays under ``limit`` bytes."""
+    batch: list[_Encoded] = []
+    size = 0
+    for item in rows:
         # Bytes are hex-encoded by PyMySQL (two characters a byte); other values are small.
-        n = sum(2 * len(v) + 8 if isinstance(v, bytes | str) else 24 for v in enc)
+        n = sum(2 * len(v) + 8 if isinstance(v, bytes | str) else 24 for v in item[2])
         if batch and size + n > limit:
             yield batch
             batch, size = [], 0
-        batch.append((row, enc))
+        batch.append(item)
         size += n
     if batch:
         yield batch
@@ -165,49 +245,44 @@ def _upsert_batch(
     db: Database,
     conn: sa.Connection,
     spec: TableSpec,
-    batch: list[tuple[dict[str, Any], tuple[Any, ...]]],
+    batch: list[_Encoded],
     check_parents: bool,
-) -> ChangeSet:
+    tally: _Tally,
+) -> None:
     codecs = db.codecs(spec)
-    key_idx = [spec.column_names.index(k) for k in spec.primary_key]
-    stored = _select_existing(db, conn, spec, [tuple(e[i] for i in key_idx) for _, e in batch])
-    cs = ChangeSet(spec.qualname)
+    stored = _select_existing(db, conn, spec, [ekey for _, ekey, _ in batch])
     to_write: list[tuple[Any, ...]] = []
-    for row, enc in batch:
-        key = spec.key_of(row)
-        old = stored.get(tuple(enc[i] for i in key_idx))
-        if old is None:
-            cs.inserted.append(key)
+    written_keys: list[Key] = []
+    for key, ekey, enc in batch:
+        if tally.record(key, ekey, enc, stored.get(ekey), codecs):
             to_write.append(enc)
-        elif all(c.same(e, o) for c, e, o in zip(codecs, enc, old, strict=True)):
-            cs.unchanged.append(key)
-        else:
-            cs.updated.append(key)
-            to_write.append(enc)
-    if to_write:
-        if check_parents:
-            missing = missing_parents(db, conn, spec, [dict(zip(spec.column_names, e, strict=True)) for e in to_write], encoded=True)
-            if missing:
-                i, err = missing[0]
-                raise err
-        sql = _upsert_sql(db, spec, len(to_write))
-        try:
-            conn.exec_driver_sql(sql, tuple(v for row in to_write for v in row))
-        except sa.exc.DBAPIError as exc:
-            raise RowError(spec.qualname, None, None, _db_problem(exc)) from None
-    return cs
+            written_keys.append(key)
+    if not to_write:
+        return
+    if check_parents:
+        encoded_rows = [dict(zip(spec.column_names, e, strict=True)) for e in to_write]
+        missing = missing_parents(db, conn, spec, encoded_rows, encoded=True)
+        if missing:
+            raise missing[0][1]
+    sql = _upsert_sql(db, spec, len(to_write))
+    try:
+        conn.exec_driver_sql(sql, tuple(v for row in to_write for v in row))
+    except (sa.exc.IntegrityError, sa.exc.DataError) as exc:
+        # Only data problems become RowErrors; lost connections, deadlocks and the like
+        # propagate as they are (the transaction turns them into DatabaseError).
+        raise _row_error_from_db(db, spec, exc, written_keys) from None
 
 
 def _select_existing(
     db: Database, conn: sa.Connection, spec: TableSpec, keys: Sequence[Key]
 ) -> dict[Key, tuple[Any, ...]]:
-    """Stored rows for ``keys``, keyed by their normalised (encoded) key."""
+    """Stored rows for ``keys`` (raw driver values), keyed by their normalised (encoded) key."""
     if not keys:
         return {}
     sql = _select_sql(db, spec, len(keys))
     params = tuple(v for k in keys for v in k)
     codecs = db.codecs(spec)
-    key_idx = [spec.column_names.index(k) for k in spec.primary_key]
+    key_idx = _key_indexes(spec)
     key_codecs = [codecs[i] for i in key_idx]
     out: dict[Key, tuple[Any, ...]] = {}
     for r in conn.exec_driver_sql(sql, params):
@@ -248,14 +323,11 @@ def missing_parents(
             if vals in found:
                 continue
             for i in indexes:
-                row = rows[i]
-                key = {k: row[k] for k in spec.primary_key}
-                if encoded:
-                    key = {
-                        k: db.codecs(spec)[spec.column_names.index(k)].decode(v)
-                        for k, v in key.items()
-                    }
-                ref = ", ".join(f"{c}={rows[i][c]!r}" for c in fk.columns)
+                key = _readable(db, spec, rows[i], spec.primary_key, encoded)
+                ref = ", ".join(
+                    f"{c}={v!r}"
+                    for c, v in _readable(db, spec, rows[i], fk.columns, encoded).items()
+                )
                 problems.setdefault(
                     i,
                     MissingParentError(
@@ -266,6 +338,16 @@ def missing_parents(
                     ),
                 )
     return sorted(problems.items())
+
+
+def _readable(
+    db: Database, spec: TableSpec, row: Mapping[str, Any], columns: Sequence[str], encoded: bool
+) -> dict[str, Any]:
+    """Some columns of a row as Python values, for messages (uuid as UUID, not 16 bytes)."""
+    if not encoded:
+        return {c: row[c] for c in columns}
+    codecs = db.codecs(spec)
+    return {c: codecs[spec.column_names.index(c)].decode(row[c]) for c in columns}
 
 
 def _existing_keys(
@@ -284,6 +366,33 @@ def _existing_keys(
 
 def _db_problem(exc: sa.exc.DBAPIError) -> str:
     return str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+
+
+# Where drivers name the offending column (and MySQL the row of the statement, from 1).
+_MYSQL_COLUMN_ROW = re.compile(r"column '(?P<column>[^']+)'(?: at row (?P<row>\d+))?", re.I)
+_SQLITE_COLUMN = re.compile(r"constraint failed: [^ ]*\.(?P<column>[A-Za-z0-9_]+)")
+
+
+def _row_error_from_db(
+    db: Database, spec: TableSpec, exc: sa.exc.DBAPIError, keys: Sequence[Key]
+) -> RowError:
+    """A RowError for a statement the database refused, naming column and key when it can."""
+    problem = _db_problem(exc)
+    column: str | None = None
+    row: int | None = None
+    if db.dialect == "mysql" and (m := _MYSQL_COLUMN_ROW.search(problem)):
+        column = m.group("column")
+        row = int(m.group("row")) - 1 if m.group("row") else None
+    elif db.dialect == "sqlite" and (m := _SQLITE_COLUMN.search(problem)):
+        column = m.group("column")
+    elif db.dialect == "postgresql":
+        column = getattr(getattr(exc.orig, "diag", None), "column_name", None)
+    if row is None and len(keys) == 1:
+        row = 0
+    key = spec.key_dict(keys[row]) if row is not None and 0 <= row < len(keys) else None
+    if column is not None and not spec.has_column(column):
+        column = None
+    return RowError(spec.qualname, key, column, problem)
 
 
 # --- SQL text, cached per table and batch size ----------------------------------------------------
@@ -308,7 +417,7 @@ def _build_in_sql(
     db: Database, spec: TableSpec, select: tuple[str, ...], match: tuple[str, ...], n: int
 ) -> str:
     p = placeholder(db)
-    cols = ", ".join(db.quote(c) for c in select)
+    cols = ", ".join(db.select_column(spec, c) for c in select)
     if len(match) == 1:
         cond = f"{db.quote(match[0])} IN ({', '.join([p] * n)})"
     else:
@@ -325,7 +434,8 @@ def _build_upsert_sql(db: Database, spec: TableSpec, n: int) -> str:
     p = placeholder(db)
     cols = [db.quote(c) for c in spec.column_names]
     row = "(" + ", ".join([p] * len(cols)) + ")"
-    head = f"INSERT INTO {db.qualified(spec)} ({', '.join(cols)}) VALUES {', '.join([row] * n)}"
+    values_sql = ", ".join([row] * n)
+    head = f"INSERT INTO {db.qualified(spec)} ({', '.join(cols)}) VALUES {values_sql}"  # noqa: S608
     values = [db.quote(c.name) for c in spec.columns if not c.in_key]
     if db.dialect == "mysql":
         if not values:  # key-only table: a no-op update keeps real errors (unlike IGNORE)
