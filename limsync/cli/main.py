@@ -100,6 +100,23 @@ def opened(config_path: Path | None) -> Iterator[tuple[Settings, Any]]:
         db.dispose()
 
 
+@contextmanager
+def database_only(config_path: Path | None) -> Iterator[Any]:
+    """The configured database without touching its bookkeeping tables (for ``db`` commands)."""
+    from limsync.pipeline.database import Database
+
+    settings = load_settings(config_path)
+    database = Database(
+        settings.database_url,
+        schema_prefix=settings.schema_prefix,
+        state_schema=settings.state_schema,
+    )
+    try:
+        yield database
+    finally:
+        database.dispose()
+
+
 # --- reports
 
 
@@ -431,15 +448,9 @@ def db() -> None:
 def db_upgrade(config_path: Path | None) -> None:
     """Create or migrate the bookkeeping tables."""
     from limsync.pipeline import state
-    from limsync.pipeline.database import Database
 
-    settings = load_settings(config_path)
-    database = Database(settings.database_url, schema_prefix=settings.schema_prefix,
-                        state_schema=settings.state_schema)  # fmt: skip
-    try:
+    with database_only(config_path) as database:
         before, after = state.upgrade(database)
-    finally:
-        database.dispose()
     out.print(f"bookkeeping schema version {before} -> {after}")
 
 
@@ -449,15 +460,9 @@ def db_upgrade(config_path: Path | None) -> None:
 def db_status(config_path: Path | None) -> None:
     """Show the bookkeeping schema version."""
     from limsync.pipeline import state
-    from limsync.pipeline.database import Database
 
-    settings = load_settings(config_path)
-    database = Database(settings.database_url, schema_prefix=settings.schema_prefix,
-                        state_schema=settings.state_schema)  # fmt: skip
-    try:
+    with database_only(config_path) as database:
         version = state.current_version(database)
-    finally:
-        database.dispose()
     latest = state.SCHEMA_VERSION
     note = "up to date" if version == latest else "run: limsync db upgrade"
     out.print(f"{database!r}: version {version} of {latest} ({note})", highlight=False)
