@@ -6,6 +6,7 @@ outbox commit in one transaction (see :mod:`limsync.pipeline.state` for the tabl
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,13 @@ class LedgerEntry:
 
     content_hash: str
     state: str
-    targets: list[tuple[str, list[Any]]]
+    targets_json: str
+
+    @functools.cached_property
+    def targets(self) -> list[tuple[str, list[Any]]]:
+        """The (table, key) rows the record produced; decoded only when asked for, since an
+        unchanged re-sync looks up every record but needs the targets of changed ones only."""
+        return [(n, list(v)) for n, v in json.loads(self.targets_json)]
 
 
 def key_text(key: Sequence[Any]) -> str:
@@ -51,7 +58,7 @@ def lookup(
             t.c.connector == connector, t.c.stream == stream, t.c.source_key.in_(part)
         )
         for k, h, s, targets in conn.execute(q):
-            out[k] = LedgerEntry(h, s, [(n, list(v)) for n, v in json.loads(targets)])
+            out[k] = LedgerEntry(h, s, targets)
     return out
 
 
