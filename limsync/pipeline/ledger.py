@@ -24,6 +24,20 @@ def _chunks(keys: Sequence[str]) -> Iterator[Sequence[str]]:
         yield keys[start : start + CHUNK]
 
 
+def _delete_keys(
+    conn: sa.Connection, table: sa.Table, connector: str, stream: str, keys: Sequence[str]
+) -> None:
+    """Delete a stream's rows of a bookkeeping table by source key, 1,000 keys a statement."""
+    for part in _chunks(keys):
+        conn.execute(
+            table.delete().where(
+                table.c.connector == connector,
+                table.c.stream == stream,
+                table.c.source_key.in_(part),
+            )
+        )
+
+
 # --- ledger entries
 
 
@@ -140,13 +154,7 @@ def forget(
     conn: sa.Connection, st: StateTables, connector: str, stream: str, keys: Sequence[str]
 ) -> None:
     """Remove ledger entries (after their rows were deleted)."""
-    t = st.ledger
-    for part in _chunks(keys):
-        conn.execute(
-            t.delete().where(
-                t.c.connector == connector, t.c.stream == stream, t.c.source_key.in_(part)
-            )
-        )
+    _delete_keys(conn, st.ledger, connector, stream, keys)
 
 
 # --- cursors
@@ -219,13 +227,7 @@ def quarantine(
     if not items:
         return
     t = st.quarantine
-    keys = [k for k, *_ in items]
-    for part in _chunks(keys):
-        conn.execute(
-            t.delete().where(
-                t.c.connector == connector, t.c.stream == stream, t.c.source_key.in_(part)
-            )
-        )
+    _delete_keys(conn, t, connector, stream, [k for k, *_ in items])
     now = utcnow()
     rows = {
         k: {
@@ -242,10 +244,4 @@ def release_quarantine(
     conn: sa.Connection, st: StateTables, connector: str, stream: str, keys: Sequence[str]
 ) -> None:
     """Drop quarantine entries of records that have now landed."""
-    t = st.quarantine
-    for part in _chunks(keys):
-        conn.execute(
-            t.delete().where(
-                t.c.connector == connector, t.c.stream == stream, t.c.source_key.in_(part)
-            )
-        )
+    _delete_keys(conn, st.quarantine, connector, stream, keys)
