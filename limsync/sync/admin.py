@@ -57,20 +57,30 @@ def status(db: Database, settings: Settings) -> list[dict[str, Any]]:
 
 
 def quarantine_list(
-    db: Database, connector: str | None = None, stream: str | None = None
+    db: Database,
+    connector: str | None = None,
+    stream: str | None = None,
+    *,
+    with_raw: bool = False,
 ) -> list[dict[str, Any]]:
-    """Quarantined records (without their raw payload), newest first."""
+    """Quarantined records, newest first; their raw payloads (decoded) with ``with_raw``."""
     st = state.ensure(db)
     t = st.quarantine
-    q = sa.select(
-        t.c.connector, t.c.stream, t.c.source_key, t.c.stage, t.c.error, t.c.run_id, t.c.created_at
-    ).order_by(t.c.created_at.desc())
+    cols = [t.c.connector, t.c.stream, t.c.source_key, t.c.stage, t.c.error, t.c.run_id,
+            t.c.created_at]  # fmt: skip
+    if with_raw:
+        cols.append(t.c.raw)
+    q = sa.select(*cols).order_by(t.c.created_at.desc())
     if connector:
         q = q.where(t.c.connector == connector)
     if stream:
         q = q.where(t.c.stream == stream)
     with db.engine.connect() as conn:
-        return [dict(r) for r in conn.execute(q).mappings()]
+        rows = [dict(r) for r in conn.execute(q).mappings()]
+    for r in rows:
+        if with_raw:
+            r["raw"] = json.loads(r["raw"])
+    return rows
 
 
 def quarantine_show(db: Database, connector: str, stream: str, key: str) -> dict[str, Any]:
@@ -105,7 +115,7 @@ def quarantine_replay(
 
     Records that now land leave the quarantine; the others stay with their new error.
     """
-    items = quarantine_list(db, connector, stream)
+    items = quarantine_list(db, connector, stream, with_raw=True)
     if keys:
         items = [i for i in items if i["source_key"] in set(keys)]
     prepared = prepare(settings, db, connector)
@@ -114,9 +124,8 @@ def quarantine_replay(
     run_id = state.start_run(db, connector, "replay", "replay")
     report.run_id = run_id
     by_stream: dict[str, list[dict[str, Any]]] = {}
-    for item in items:
-        raw = quarantine_show(db, connector, item["stream"], item["source_key"])["raw"]
-        by_stream.setdefault(item["stream"], []).append(raw)
+    for item in items:  # raw payloads came with the list: no query per record
+        by_stream.setdefault(item["stream"], []).append(item["raw"])
     for name in engine.stream_order(list(by_stream)):
         sr = StreamReport(name)
         report.streams.append(sr)
