@@ -57,12 +57,12 @@ class _Item:
     rows: list[tuple[TableSpec, dict[str, Any]]] = field(default_factory=list)
 
 
-def content_hash(record: pydantic.BaseModel, volatile: frozenset[str]) -> str:
+def content_hash(record: pydantic.BaseModel, volatile: set[str] | None) -> str:
     """Hash of a validated record without its volatile fields (32 hex characters).
 
     ``model_dump_json`` writes fields in declaration order, so equal records give equal bytes.
     """
-    data = record.model_dump_json(exclude=set(volatile) if volatile else None)
+    data = record.model_dump_json(exclude=volatile or None)
     return hashlib.blake2b(data.encode(), digest_size=16).hexdigest()
 
 
@@ -248,6 +248,7 @@ class SyncEngine:
     ) -> None:
         quarantined: list[tuple[str, str, str, Any]] = []
         items: list[_Item] = []
+        volatile = set(stream.volatile)  # once per batch, not per record
         for raw in raws:
             try:
                 rec = stream.model.model_validate(raw)
@@ -260,7 +261,7 @@ class SyncEngine:
                 sr.duplicates += 1  # unordered paging can repeat a record: first one wins
                 continue
             seen.add(ktext)
-            items.append(_Item(key, ktext, raw, rec, content_hash(rec, frozenset(stream.volatile))))
+            items.append(_Item(key, ktext, raw, rec, content_hash(rec, volatile)))
         with contextlib.ExitStack() as stack:
             conn = dry_conn or stack.enter_context(self.db.engine.connect())
             entries = ledger.lookup(conn, self.st, self.name, name, [i.ktext for i in items])
