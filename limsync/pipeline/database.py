@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,7 +25,7 @@ from limsync.errors import (
     SchemaMismatchError,
 )
 from limsync.pipeline import ddl, reflect
-from limsync.pipeline.codecs import Codec, codec_for
+from limsync.pipeline.codecs import Codec, codec_for, row_encoder
 from limsync.pipeline.tables import ColumnSpec, Schema, Table, TableSpec, tables_in
 
 Dialect = str  # "sqlite" | "mysql" | "postgresql"
@@ -73,6 +73,7 @@ class Database:
         self._specs: dict[str, TableSpec] = {}
         self._tables: dict[str, sa.Table] = {}
         self._codecs: dict[str, list[Codec]] = {}
+        self._row_encoders: dict[str, Callable[[Mapping[str, Any]], tuple[Any, ...]]] = {}
         # SQL text built by upsert/cascade, per (purpose, table, batch size): see upsert.py.
         self.sql_cache: dict[tuple[Any, ...], str] = {}
         # Per-database objects of other modules (bookkeeping tables, ...), built on first use.
@@ -137,6 +138,7 @@ class Database:
         self._specs[spec.qualname] = spec
         self._tables.pop(spec.qualname, None)
         self._codecs.pop(spec.qualname, None)
+        self._row_encoders.pop(spec.qualname, None)
         self.sql_cache.clear()
 
     def table(self, spec: TableSpec) -> sa.Table:
@@ -161,6 +163,15 @@ class Database:
             t = ddl.build_table(spec, self.metadata, self.dialect, self.physical, self.spec)
             self._tables[spec.qualname] = t
         return t
+
+    def row_encoder(self, spec: TableSpec) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+        """A function encoding a row dict into driver parameters in column order (cached)."""
+        f = self._row_encoders.get(spec.qualname)
+        if f is None:
+            f = self._row_encoders[spec.qualname] = row_encoder(
+                self.codecs(spec), spec.column_names
+            )
+        return f
 
     def codecs(self, spec: TableSpec) -> list[Codec]:
         """One codec per column of ``spec``, in column order."""

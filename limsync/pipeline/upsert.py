@@ -14,8 +14,6 @@ batch would cost more than the database round trip it saves.
 
 from __future__ import annotations
 
-import hashlib
-import pickle
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -140,8 +138,8 @@ def upsert(
     it = iter(rows)
     while chunk := list(islice(it, per_batch)):
         valid = [validate_row(spec, r) for r in chunk] if validate else [dict(r) for r in chunk]
-        for batch in _split_by_bytes(_encode_unique(db, spec, valid), batch_bytes):
-            _upsert_batch(db, conn, spec, batch, check_parents, tally)
+        _upsert_batch(db, conn, spec, _encode_unique(db, spec, valid), check_parents, tally,
+                      batch_bytes)  # fmt: skip
     return tally.changeset(spec.qualname)
 
 
@@ -158,7 +156,9 @@ class _Tally:
     """
 
     def __init__(self) -> None:
-        self.before: dict[Key, bytes | None] = {}
+        # hash() of a normalised row: its values are plain scalars (see codecs), and the hash
+        # is only ever compared with another version of the same key within one call.
+        self.before: dict[Key, int | None] = {}
         self.status: dict[Key, tuple[Key, str]] = {}
 
     def record(
@@ -170,18 +170,17 @@ class _Tally:
         codecs: list[Codec],
     ) -> bool:
         """Record one row against ``raw``, the stored row. True when the row must be written."""
-        differs = raw is None or not all(
-            c.same(e, r) for c, e, r in zip(codecs, enc, raw, strict=True)
-        )
+        norm = None if raw is None else _normalised(codecs, enc, raw)
+        differs = norm is None or norm != enc
         if ekey not in self.before:
-            self.before[ekey] = None if raw is None else _digest(_normalised(codecs, raw))
-            status = "inserted" if raw is None else ("updated" if differs else "unchanged")
+            self.before[ekey] = None if norm is None else hash(norm)
+            status = "inserted" if norm is None else ("updated" if differs else "unchanged")
         else:
             original = self.before[ekey]
             if original is None:
                 status = "inserted"
             else:
-                status = "unchanged" if _digest(enc) == original else "updated"
+                status = "unchanged" if hash(enc) == original else "updated"
         self.status[ekey] = (key, status)
         return differs
 
@@ -194,25 +193,23 @@ class _Tally:
         return cs
 
 
-def _normalised(codecs: list[Codec], raw: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A stored row in parameter space: equal to the encoded row when ``Codec.same`` says so."""
-    return tuple(None if v is None else c.stored(v) for c, v in zip(codecs, raw, strict=True))
-
-
-def _digest(row: tuple[Any, ...]) -> bytes:
-    # Normalised rows hold plain values of one type per column (see codecs), so equal rows
-    # pickle to equal bytes.
-    return hashlib.blake2b(pickle.dumps(row, protocol=5), digest_size=16).digest()
+def _normalised(codecs: list[Codec], enc: tuple[Any, ...], raw: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A stored row in parameter space: equal to the encoded row ``enc`` when the values are."""
+    # Most stored values come back exactly as they were written (text, ints, SQLite dates):
+    # only the others pay for normalising (uuid bytes, JSON re-serialised, decimals, ...).
+    return tuple(
+        e if e == v else (None if v is None else c.stored(v))
+        for c, e, v in zip(codecs, enc, raw, strict=True)
+    )
 
 
 def _encode_unique(db: Database, spec: TableSpec, rows: list[dict[str, Any]]) -> list[_Encoded]:
     """Encode rows; of rows with the same *stored* key only the last is kept."""
-    codecs = db.codecs(spec)
-    names = spec.column_names
+    encode = db.row_encoder(spec)
     key_idx = _key_indexes(spec)
     by_key: dict[Key, _Encoded] = {}
     for row in rows:
-        enc = tuple(c.encode(row.get(n)) for c, n in zip(codecs, names, strict=True))
+        enc = encode(row)
         ekey = tuple(enc[i] for i in key_idx)
         # Keys are compared encoded: two datetimes that truncate to the same datetime(3) key,
         # or a uuid given as str and as UUID, are one row in the database. The last row wins;
@@ -225,20 +222,21 @@ def _key_indexes(spec: TableSpec) -> list[int]:
     return [spec.column_names.index(k) for k in spec.primary_key]
 
 
-def _split_by_bytes(rows: list[_Encoded], limit: int) -> Iterator[list[_Encoded]]:
-    """Cut encoded rows into batches whose SQL stays under ``limit`` bytes."""
-    batch: list[_Encoded] = []
+def _split_by_bytes(
+    rows: list[tuple[Any, ...]], keys: list[Key], limit: int
+) -> Iterator[tuple[list[tuple[Any, ...]], list[Key]]]:
+    """Cut encoded rows (and their keys) into batches whose SQL stays under ``limit`` bytes."""
+    start = 0
     size = 0
-    for item in rows:
+    for i, row in enumerate(rows):
         # Bytes are hex-encoded by PyMySQL (two characters a byte); other values are small.
-        n = sum(2 * len(v) + 8 if isinstance(v, bytes | str) else 24 for v in item[2])
-        if batch and size + n > limit:
-            yield batch
-            batch, size = [], 0
-        batch.append(item)
+        n = sum(2 * len(v) + 8 if isinstance(v, bytes | str) else 24 for v in row)
+        if i > start and size + n > limit:
+            yield rows[start:i], keys[start:i]
+            start, size = i, 0
         size += n
-    if batch:
-        yield batch
+    if start < len(rows):
+        yield rows[start:], keys[start:]
 
 
 def _upsert_batch(
@@ -248,7 +246,9 @@ def _upsert_batch(
     batch: list[_Encoded],
     check_parents: bool,
     tally: _Tally,
+    batch_bytes: int,
 ) -> None:
+    """Compare a batch with the stored rows; write the new and changed ones (only those)."""
     codecs = db.codecs(spec)
     stored = _select_existing(db, conn, spec, [ekey for _, ekey, _ in batch])
     to_write: list[tuple[Any, ...]] = []
@@ -264,13 +264,14 @@ def _upsert_batch(
         missing = missing_parents(db, conn, spec, encoded_rows, encoded=True)
         if missing:
             raise missing[0][1]
-    sql = _upsert_sql(db, spec, len(to_write))
-    try:
-        conn.exec_driver_sql(sql, tuple(v for row in to_write for v in row))
-    except (sa.exc.IntegrityError, sa.exc.DataError) as exc:
-        # Only data problems become RowErrors; lost connections, deadlocks and the like
-        # propagate as they are (the transaction turns them into DatabaseError).
-        raise _row_error_from_db(db, spec, exc, written_keys) from None
+    for rows, keys in _split_by_bytes(to_write, written_keys, batch_bytes):
+        sql = _upsert_sql(db, spec, len(rows))
+        try:
+            conn.exec_driver_sql(sql, tuple(v for row in rows for v in row))
+        except (sa.exc.IntegrityError, sa.exc.DataError) as exc:
+            # Only data problems become RowErrors; lost connections, deadlocks and the like
+            # propagate as they are (the transaction turns them into DatabaseError).
+            raise _row_error_from_db(db, spec, exc, keys) from None
 
 
 def _select_existing(
