@@ -464,7 +464,14 @@ def _create_engine(url: sa.URL, dialect: Dialect, options: dict[str, Any]) -> sa
         return sa.create_engine(
             url, pool_pre_ping=True, pool_recycle=3600, connect_args=connect_args, **options
         )
-    connect_args = {"connect_timeout": 10, **options.pop("connect_args", {})}
+    # No server-side prepared statements: after five runs psycopg would prepare a statement, and
+    # PostgreSQL may then switch it to a generic plan, where ``key = ANY($1)`` compares every row
+    # with every array element (50 ms instead of 1 ms for 1,000 keys) instead of hashing them.
+    connect_args = {
+        "connect_timeout": 10,
+        "prepare_threshold": None,
+        **options.pop("connect_args", {}),
+    }
     return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args, **options)
 
 

@@ -267,7 +267,7 @@ def _upsert_batch(
     for rows, keys in _split_by_bytes(to_write, written_keys, batch_bytes):
         sql = _upsert_sql(db, spec, len(rows))
         try:
-            conn.exec_driver_sql(sql, tuple(v for row in rows for v in row))
+            conn.exec_driver_sql(sql, _params(db, rows))
         except (sa.exc.IntegrityError, sa.exc.DataError) as exc:
             # Only data problems become RowErrors; lost connections, deadlocks and the like
             # propagate as they are (the transaction turns them into DatabaseError).
@@ -281,7 +281,7 @@ def _select_existing(
     if not keys:
         return {}
     sql = _select_sql(db, spec, len(keys))
-    params = tuple(v for k in keys for v in k)
+    params = _params(db, keys)
     codecs = db.codecs(spec)
     key_idx = _key_indexes(spec)
     key_codecs = [codecs[i] for i in key_idx]
@@ -360,7 +360,7 @@ def _existing_keys(
     for start in range(0, len(keys), step):
         part = keys[start : start + step]
         sql = _in_sql(db, spec, tuple(columns), tuple(columns), len(part))
-        for r in conn.exec_driver_sql(sql, tuple(v for k in part for v in k)):
+        for r in conn.exec_driver_sql(sql, _params(db, part)):
             found.add(tuple(c.stored(v) for c, v in zip(codecs, r, strict=True)))
     return found
 
@@ -404,10 +404,39 @@ def placeholder(db: Database) -> str:
     return "?" if db.dialect == "sqlite" else "%s"
 
 
+def _params(db: Database, rows: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """Parameters for a statement over many rows: flat, or one array per column on PostgreSQL."""
+    if db.dialect == "postgresql":
+        return tuple(list(column) for column in zip(*rows, strict=True))
+    return tuple(v for row in rows for v in row)
+
+
+def _arrays(db: Database, spec: TableSpec, columns: Sequence[str]) -> str:
+    """``unnest`` arguments: one typed array parameter per column (PostgreSQL)."""
+    table = db.table(spec)
+    dialect = db.engine.dialect
+    types = []
+    for c in columns:
+        t = table.c[c].type
+        # An explicit cast to varchar(n) or char(n) would silently truncate: cast to the type
+        # without a length (the same operators, so key indexes still serve) and let the
+        # assignment to the column refuse values that are too long, as VALUES does.
+        if isinstance(t, sa.Enum) or not isinstance(t, sa.String):
+            types.append(t.compile(dialect=dialect))
+        elif isinstance(t, sa.CHAR):
+            types.append("BPCHAR")
+        else:
+            types.append("TEXT" if isinstance(t, sa.Text) else "VARCHAR")
+    # %b: binary parameters. Text-format arrays would have psycopg escape every element.
+    return ", ".join(f"CAST(%b AS {t}[])" for t in types)
+
+
 def _in_sql(
     db: Database, spec: TableSpec, select: tuple[str, ...], match: tuple[str, ...], n: int
 ) -> str:
-    cache_key = ("in", spec.qualname, select, match, n)
+    # PostgreSQL takes one array per column, so its statement does not depend on n: parsing
+    # a statement with thousands of placeholders costs more than the query itself.
+    cache_key = ("in", spec.qualname, select, match, 0 if db.dialect == "postgresql" else n)
     sql = db.sql_cache.get(cache_key)
     if sql is None:
         sql = db.sql_cache[cache_key] = _build_in_sql(db, spec, select, match, n)
@@ -419,7 +448,13 @@ def _build_in_sql(
 ) -> str:
     p = placeholder(db)
     cols = ", ".join(db.select_column(spec, c) for c in select)
-    if len(match) == 1:
+    if db.dialect == "postgresql":
+        if len(match) == 1:
+            cond = f"{db.quote(match[0])} = ANY({_arrays(db, spec, match)})"
+        else:
+            keys = f"SELECT * FROM unnest({_arrays(db, spec, match)})"  # noqa: S608 (typed params)
+            cond = f"({', '.join(db.quote(c) for c in match)}) IN ({keys})"
+    elif len(match) == 1:
         cond = f"{db.quote(match[0])} IN ({', '.join([p] * n)})"
     else:
         tup = "(" + ", ".join([p] * len(match)) + ")"
@@ -434,9 +469,12 @@ def _select_sql(db: Database, spec: TableSpec, n: int) -> str:
 def _build_upsert_sql(db: Database, spec: TableSpec, n: int) -> str:
     p = placeholder(db)
     cols = [db.quote(c) for c in spec.column_names]
-    row = "(" + ", ".join([p] * len(cols)) + ")"
-    values_sql = ", ".join([row] * n)
-    head = f"INSERT INTO {db.qualified(spec)} ({', '.join(cols)}) VALUES {values_sql}"  # noqa: S608
+    if db.dialect == "postgresql":
+        values_sql = f"SELECT * FROM unnest({_arrays(db, spec, spec.column_names)})"  # noqa: S608
+    else:
+        row = "(" + ", ".join([p] * len(cols)) + ")"
+        values_sql = "VALUES " + ", ".join([row] * n)
+    head = f"INSERT INTO {db.qualified(spec)} ({', '.join(cols)}) {values_sql}"
     values = [db.quote(c.name) for c in spec.columns if not c.in_key]
     if db.dialect == "mysql":
         if not values:  # key-only table: a no-op update keeps real errors (unlike IGNORE)
@@ -451,7 +489,7 @@ def _build_upsert_sql(db: Database, spec: TableSpec, n: int) -> str:
 
 
 def _upsert_sql(db: Database, spec: TableSpec, n: int) -> str:
-    cache_key = ("upsert", spec.qualname, n)
+    cache_key = ("upsert", spec.qualname, 0 if db.dialect == "postgresql" else n)
     sql = db.sql_cache.get(cache_key)
     if sql is None:
         sql = db.sql_cache[cache_key] = _build_upsert_sql(db, spec, n)
