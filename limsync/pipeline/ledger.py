@@ -10,6 +10,7 @@ import functools
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import sqlalchemy as sa
@@ -47,32 +48,68 @@ class LedgerEntry:
 
     content_hash: str
     state: str
-    targets_json: str
+    targets_json: str | None  # None: not read (see lookup's ``targets``)
 
     @functools.cached_property
     def targets(self) -> list[tuple[str, list[Any]]]:
         """The (table, key) rows the record produced; decoded only when asked for, since an
         unchanged re-sync looks up every record but needs the targets of changed ones only."""
+        if self.targets_json is None:
+            raise ValueError("ledger entry read without its targets (lookup(targets=True))")
         return [(n, list(v)) for n, v in json.loads(self.targets_json)]
 
 
+def _key_part(v: Any) -> str:
+    t = type(v)
+    if t is str:
+        return encode_basestring_ascii(v)
+    if t is int:
+        return int.__repr__(v)
+    if v is None or isinstance(v, str | int | float | list | tuple | dict):
+        return json.dumps(v, separators=(",", ":"), default=str)
+    return encode_basestring_ascii(str(v))  # what default=str does: UUIDs, dates, ...
+
+
 def key_text(key: Sequence[Any]) -> str:
-    """A source key as the ledger stores it: canonical JSON of the key tuple."""
-    return json.dumps(list(key), separators=(",", ":"), default=str)
+    """A source key as the ledger stores it: canonical JSON of the key tuple.
+
+    Byte for byte ``json.dumps(list(key), separators=(",", ":"), default=str)``, built from its
+    parts because every record of every sync needs one: strings and ints, the usual key
+    parts, skip the general encoder.
+    """
+    return "[" + ",".join([_key_part(v) for v in key]) + "]"
+
+
+def _select_sql(conn: sa.Connection, st: StateTables, columns: str, n: int) -> str:
+    p = "?" if conn.dialect.name == "sqlite" else "%s"
+    table = conn.dialect.identifier_preparer.format_table(st.ledger)
+    return (
+        f"SELECT {columns} FROM {table} WHERE connector = {p} AND stream = {p} "  # noqa: S608
+        f"AND source_key IN ({', '.join([p] * n)})"
+    )
 
 
 def lookup(
-    conn: sa.Connection, st: StateTables, connector: str, stream: str, keys: Sequence[str]
+    conn: sa.Connection,
+    st: StateTables,
+    connector: str,
+    stream: str,
+    keys: Sequence[str],
+    *,
+    targets: bool = True,
 ) -> dict[str, LedgerEntry]:
-    """Ledger entries for ``keys`` (key texts), one query per 1,000 keys."""
+    """Ledger entries for ``keys`` (key texts), one query per 1,000 keys.
+
+    With ``targets=False`` the entries carry hash and state only: enough to tell unchanged
+    records, which are most of a re-sync, without reading what each one produced.
+    """
     out: dict[str, LedgerEntry] = {}
-    t = st.ledger
+    columns = "source_key, content_hash, state" + (", targets" if targets else "")
     for part in _chunks(keys):
-        q = sa.select(t.c.source_key, t.c.content_hash, t.c.state, t.c.targets).where(
-            t.c.connector == connector, t.c.stream == stream, t.c.source_key.in_(part)
-        )
-        for k, h, s, targets in conn.execute(q):
-            out[k] = LedgerEntry(h, s, targets)
+        sql = _select_sql(conn, st, columns, len(part))
+        # Plain driver rows: this runs for every record of every sync.
+        for row in conn.exec_driver_sql(sql, (connector, stream, *part)).all():
+            out[row[0]] = LedgerEntry(row[1], row[2], row[3] if targets else None)
     return out
 
 
@@ -124,11 +161,13 @@ def record(
 def known_keys(
     conn: sa.Connection, st: StateTables, connector: str, stream: str
 ) -> Iterator[tuple[str, str]]:
-    """Every (key, state) the ledger holds for a stream, streamed."""
-    t = st.ledger
-    q = sa.select(t.c.source_key, t.c.state).where(t.c.connector == connector, t.c.stream == stream)
-    rows = conn.execute(q, execution_options={"yield_per": 5000})
-    yield from ((str(k), str(state)) for k, state in rows)
+    """Every (key, state) the ledger holds for a stream, streamed in chunks of 5,000."""
+    p = "?" if conn.dialect.name == "sqlite" else "%s"
+    table = conn.dialect.identifier_preparer.format_table(st.ledger)
+    sql = f"SELECT source_key, state FROM {table} WHERE connector = {p} AND stream = {p}"  # noqa: S608
+    result = conn.exec_driver_sql(sql, (connector, stream))
+    while rows := result.fetchmany(5000):
+        yield from ((str(k), str(state)) for k, state in rows)
 
 
 def mark(

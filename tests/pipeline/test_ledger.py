@@ -1,0 +1,51 @@
+"""The ledger's key text: the one canonical form of a source key, byte for byte stable."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import enum
+import json
+import uuid
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from limsync.pipeline.ledger import key_text
+
+
+class Colour(enum.StrEnum):
+    RED = "red"
+
+
+def reference(key: tuple[Any, ...]) -> str:
+    """The definition: what every ledger written so far holds."""
+    return json.dumps(list(key), separators=(",", ":"), default=str)
+
+
+parts = st.one_of(
+    st.text(),
+    st.integers(),
+    st.none(),
+    st.booleans(),
+    st.floats(allow_nan=False),
+    st.uuids(),
+    st.datetimes(),
+    st.dates(),
+    st.decimals(allow_nan=False, allow_infinity=False),
+)
+
+
+@given(st.lists(parts, min_size=1, max_size=3))
+def test_key_text_is_canonical_json(key: list[Any]) -> None:
+    assert key_text(tuple(key)) == reference(tuple(key))
+
+
+def test_key_text_of_unusual_parts() -> None:
+    for key in [
+        ("é\"\\\n\u2028",),
+        (Colour.RED, 2**70),
+        (uuid.UUID(int=5), dt.datetime(2026, 1, 2, 3, 4, 5, 6), decimal.Decimal("1.50")),
+    ]:
+        assert key_text(key) == reference(key)
