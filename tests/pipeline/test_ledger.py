@@ -44,7 +44,7 @@ def test_key_text_is_canonical_json(key: list[Any]) -> None:
 
 def test_key_text_of_unusual_parts() -> None:
     for key in [
-        ("é\"\\\n\u2028",),
+        ('é"\\\n\u2028',),
         (Colour.RED, 2**70),
         (uuid.UUID(int=5), dt.datetime(2026, 1, 2, 3, 4, 5, 6), decimal.Decimal("1.50")),
     ]:
