@@ -26,6 +26,7 @@ from limsync.cli.common import (
     out,
     print_reports,
 )
+from limsync.cli.diagram import diagram
 from limsync.config.settings import load_settings
 
 
@@ -388,6 +389,8 @@ def demo(db_path: Path, subjects: int, seed: int) -> None:
 
 
 # --- commands that live in their own modules (limsync/cli/<command>.py); one line each.
+
+cli.add_command(diagram)
 
 
 if __name__ == "__main__":
