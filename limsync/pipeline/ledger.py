@@ -25,6 +25,44 @@ def _chunks(keys: Sequence[str]) -> Iterator[Sequence[str]]:
         yield keys[start : start + CHUNK]
 
 
+_LEDGER_COLUMNS = (
+    "connector", "stream", "source_key", "content_hash", "state", "targets", "first_seen",
+    "last_changed", "run_id",
+)  # fmt: skip
+_OUTBOX_COLUMNS = ("table_name", "row_key", "change", "run_id", "created_at")
+
+
+def _marker(conn: sa.Connection) -> str:
+    return "?" if conn.dialect.name == "sqlite" else "%s"
+
+
+def _name(conn: sa.Connection, table: sa.Table) -> str:
+    return str(conn.dialect.identifier_preparer.format_table(table))
+
+
+def _timestamp(conn: sa.Connection) -> Any:
+    """Now, as the driver takes it: SQLAlchemy's SQLite DATETIME text, else a datetime."""
+    now = utcnow()
+    return now.strftime("%Y-%m-%d %H:%M:%S.%f") if conn.dialect.name == "sqlite" else now
+
+
+def _insert_many(
+    conn: sa.Connection, table: sa.Table, columns: Sequence[str], rows: list[tuple[Any, ...]]
+) -> None:
+    """One executemany of plain tuples, values in the order of ``columns``.
+
+    The ledger and the outbox get a row per record of every batch: SQLAlchemy's per-row
+    parameter processing would cost more than the insert itself.
+    """
+    p = _marker(conn)
+    quote = conn.dialect.identifier_preparer.quote  # "change" is a reserved word in MySQL
+    sql = (
+        f"INSERT INTO {_name(conn, table)} ({', '.join(quote(c) for c in columns)}) "  # noqa: S608
+        f"VALUES ({', '.join([p] * len(columns))})"
+    )
+    conn.exec_driver_sql(sql, rows)
+
+
 def _delete_keys(
     conn: sa.Connection, table: sa.Table, connector: str, stream: str, keys: Sequence[str]
 ) -> None:
@@ -123,39 +161,29 @@ def record(
     existing: set[str],
 ) -> None:
     """Write (key, hash, targets) entries as present; ``existing`` keys are updated in place."""
-    now = utcnow()
-    new: list[dict[str, Any]] = []
-    changed: list[dict[str, Any]] = []
+    now = _timestamp(conn)
+    new: list[tuple[Any, ...]] = []
+    changed: list[tuple[Any, ...]] = []
     for key, h, targets in entries:
-        row = {
-            "connector": connector, "stream": stream, "source_key": key, "content_hash": h,
-            "state": "present", "targets": json.dumps(targets, default=str, separators=(",", ":")),
-            "last_changed": now, "run_id": run_id,
-        }  # fmt: skip
-        (changed if key in existing else new).append(row)
-    t = st.ledger
+        text = json.dumps(targets, default=str, separators=(",", ":"))
+        if key in existing:
+            changed.append((h, text, now, run_id, connector, stream, key))
+        else:
+            new.append((connector, stream, key, h, "present", text, now, now, run_id))
     if new:
-        conn.execute(t.insert(), [{**r, "first_seen": now} for r in new])
+        _insert_many(conn, st.ledger, _LEDGER_COLUMNS, new)
     if changed:
-        conn.execute(
-            t.update()
-            .where(
-                t.c.connector == sa.bindparam("b_connector"),
-                t.c.stream == sa.bindparam("b_stream"),
-                t.c.source_key == sa.bindparam("b_key"),
-            )
-            .values(
-                content_hash=sa.bindparam("content_hash"),
-                state="present",
-                targets=sa.bindparam("targets"),
-                last_changed=sa.bindparam("last_changed"),
-                run_id=sa.bindparam("run_id"),
-            ),
-            [
-                {**r, "b_connector": connector, "b_stream": stream, "b_key": r["source_key"]}
-                for r in changed
-            ],
+        p = _marker(conn)
+        q = conn.dialect.identifier_preparer.quote
+        sets = ", ".join(
+            f"{q(c)} = {p}" for c in ("content_hash", "targets", "last_changed", "run_id")
         )
+        where = " AND ".join(f"{q(c)} = {p}" for c in ("connector", "stream", "source_key"))
+        sql = (
+            f"UPDATE {_name(conn, st.ledger)} SET {q('state')} = 'present', {sets} "  # noqa: S608
+            f"WHERE {where}"
+        )
+        conn.exec_driver_sql(sql, changed)
 
 
 def known_keys(
@@ -235,19 +263,10 @@ def emit(
     run_id: int,
 ) -> int:
     """Queue changed keys of a table for downstream recompute; returns how many."""
-    now = utcnow()
-    rows = [
-        {
-            "table_name": table,
-            "row_key": key_text(k),
-            "change": change,
-            "run_id": run_id,
-            "created_at": now,
-        }
-        for k in keys
-    ]
+    now = _timestamp(conn)
+    rows = [(table, key_text(k), change, run_id, now) for k in keys]
     if rows:
-        conn.execute(st.outbox.insert(), rows)
+        _insert_many(conn, st.outbox, _OUTBOX_COLUMNS, rows)
     return len(rows)
 
 
