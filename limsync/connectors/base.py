@@ -171,6 +171,11 @@ class Connector:
       name -> Stream or a plain sequence is accepted too);
     * ``paginator``: for HTTP connectors, the default of streams that do not name one.
 
+    Connectors whose streams are defined by configuration (files, SQL, a declarative REST
+    source) set ``instance_streams = True`` instead of declaring ``streams`` and implement
+    :meth:`define_streams`; each instance then has the streams its settings define, checked as
+    strictly as class declarations but reported as configuration errors.
+
     Intermediate base classes pass ``abstract=True``: ``class HTTPBase(Connector, abstract=True)``.
 
     The default :meth:`read` pages through ``GET {base_url}/{stream.path}``; connectors override
@@ -180,7 +185,9 @@ class Connector:
 
     type_name: ClassVar[str]
     settings_model: ClassVar[type[ConnectorSettings]] = ConnectorSettings
-    streams: ClassVar[Mapping[str, Stream]] = Streams()
+    # Not a ClassVar: instance-defined connectors give each instance its own streams.
+    streams: Mapping[str, Stream] = Streams()
+    instance_streams: ClassVar[bool] = False
     paginator: ClassVar[Paginator | None] = None
     user_agent: ClassVar[str] = _user_agent()
 
@@ -200,6 +207,15 @@ class Connector:
             )
         if cls.paginator is not None and not isinstance(cls.paginator, Paginator):
             raise declaration_error(cls, None, "paginator must be a Paginator")
+        if cls.instance_streams:
+            if cls.streams:
+                raise declaration_error(
+                    cls, None, "instance_streams connectors define streams in define_streams()"
+                )
+            defines = getattr(cls.define_streams, "__func__", None)
+            if defines is getattr(Connector.define_streams, "__func__", None):
+                raise declaration_error(cls, None, "instance_streams needs define_streams()")
+            return
         declared: object = cls.streams
         entries: list[tuple[str, object]]
         if isinstance(declared, Streams):
@@ -233,17 +249,58 @@ class Connector:
         Raises ConfigError listing each problem by location, never echoing the values (a
         password could be among them).
         """
+        label = f"connector {name!r}" if name else f"{cls.type_name} connector"
+        names = None if cls.instance_streams else list(cls.streams)
         try:
-            return cls.settings_model.model_validate(
-                dict(data), context={"stream_names": list(cls.streams)}
+            settings = cls.settings_model.model_validate(
+                dict(data), context={"stream_names": names}
             )
         except pydantic.ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in err['loc']) or '(settings)'}: {err['msg']}"
                 for err in exc.errors(include_input=False, include_url=False)
             )
-            label = f"connector {name!r}" if name else f"{cls.type_name} connector"
             raise ConfigError(f"{label} settings: {problems}") from None
+        if cls.instance_streams:
+            cls.instance_streams_of(settings, name=name)  # a bad definition fails here
+        return settings
+
+    @classmethod
+    def define_streams(cls, settings: ConnectorSettings) -> Sequence[Stream]:
+        """The streams an instance with these settings reads (``instance_streams`` connectors).
+
+        Called with validated settings; build one :class:`Stream` per configured stream, in
+        the configured order. For a problem the settings model cannot see, raise ConfigError
+        with a message that starts with the stream's name (``"subjects: ..."``); the caller
+        puts the place in front.
+        """
+        raise NotImplementedError(f"{cls.__name__} does not define streams from settings")
+
+    @classmethod
+    def instance_streams_of(cls, settings: ConnectorSettings, *, name: str = "") -> Streams:
+        """:meth:`define_streams`, checked like a class declaration; ConfigError naming the place.
+
+        The place is ``connectors.<name>.streams.<stream>``, as the user wrote it.
+        """
+        place = f"connectors.{name or cls.type_name}.streams"
+        checked: dict[str, Stream] = {}
+        try:
+            defined = list(cls.define_streams(settings))
+        except ConfigError as exc:
+            raise ConfigError(f"{place}.{exc}") from None
+        for stream in defined:
+            try:
+                if stream.name in checked:
+                    raise declaration_error(place, stream.name, "is defined twice")
+                check_stream(place, stream.name, stream, checked, instance=True)
+            except LimsyncError as exc:
+                # "connectors.x.streams stream 'y': problem" -> "connectors.x.streams.y: problem"
+                text = str(exc).replace(f"{place} stream {stream.name!r}", f"{place}.{stream.name}")
+                raise ConfigError(text) from None
+            checked[stream.name] = stream
+        if not checked:
+            raise ConfigError(f"{place}: define at least one stream")
+        return Streams(*checked.values())
 
     def __init__(
         self, name: str, settings: ConnectorSettings, *, session: requests.Session | None = None
@@ -253,6 +310,8 @@ class Connector:
                 f"connector {name!r}: settings must be {self.settings_model.__name__}, "
                 f"not {type(settings).__name__}"
             )
+        if self.instance_streams:
+            self.streams = self.instance_streams_of(settings, name=name)
         unknown = sorted(set(settings.streams) - set(self.streams))
         if unknown:
             raise ConfigError(

@@ -46,7 +46,8 @@ class Stream:
     name: str
     """Lower snake case, unique within the connector."""
     path: str
-    """Relative to the base URL; may contain ``{placeholders}`` of the parent record."""
+    """Relative to the base URL; may contain ``{placeholders}`` of the parent record. For an
+    instance-defined stream without a parent, a label of what is read (a glob, a table)."""
     model: type[BaseModel]
     """The source model: validates one raw record (as :meth:`Connector.read` yields it)."""
     key: tuple[str, ...]
@@ -154,15 +155,29 @@ class CheckResult:
 # --- declaration checks -------------------------------------------------------------------------
 
 
-def declaration_error(cls: type, stream: str | None, problem: str) -> DeclarationError:
-    where = f"{cls.__module__}.{cls.__qualname__}"
+def declaration_error(cls: type | str, stream: str | None, problem: str) -> DeclarationError:
+    """The error for a bad declaration of ``cls`` (a class, or a label such as a config place)."""
+    where = cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
     if stream is not None:
         where += f" stream {stream!r}"
     return DeclarationError(f"{where}: {problem}")
 
 
-def check_stream(cls: type, entry: str, stream: Stream, declared: Mapping[str, Stream]) -> None:
-    """Raise DeclarationError for the first problem in one stream declaration."""
+def check_stream(
+    cls: type | str,
+    entry: str,
+    stream: Stream,
+    declared: Mapping[str, Stream],
+    *,
+    instance: bool = False,
+) -> None:
+    """Raise DeclarationError for the first problem in one stream declaration.
+
+    ``instance`` True checks a stream an instance built from its settings (files, SQL, ...):
+    its ``path`` is a free label (a glob, a table) unless it has a parent, and its volatile
+    fields may be extra fields when the model allows them (a source's own columns, or the
+    ``_source`` a connector adds, which cannot be pydantic fields).
+    """
     name = stream.name
     if not isinstance(name, str) or not SNAKE_CASE.match(name):
         raise declaration_error(cls, str(name), "stream names must be lower snake case")
@@ -170,15 +185,21 @@ def check_stream(cls: type, entry: str, stream: Stream, declared: Mapping[str, S
         raise declaration_error(cls, name, f"declared under the name {entry!r}")
     if not isinstance(stream.model, type) or not issubclass(stream.model, BaseModel):
         raise declaration_error(cls, name, "model must be a pydantic BaseModel subclass")
-    if not stream.path or stream.path.startswith("/") or "://" in stream.path:
+    free_path = instance and stream.parent is None
+    if not stream.path:
+        raise declaration_error(cls, name, "path must not be empty")
+    if not free_path and (stream.path.startswith("/") or "://" in stream.path):
         raise declaration_error(cls, name, f"path {stream.path!r} must be relative to the base URL")
     fields = set(stream.model.model_fields)
+    extras_allowed = instance and stream.model.model_config.get("extra") == "allow"
     model = stream.model.__name__
     if not stream.key:
         raise declaration_error(cls, name, "key must name at least one field")
     if len(set(stream.key)) != len(stream.key):
         raise declaration_error(cls, name, f"key {stream.key} repeats a field")
     for label, names in (("key", stream.key), ("volatile", sorted(stream.volatile))):
+        if label == "volatile" and extras_allowed:
+            continue
         missing = [f for f in names if f not in fields]
         if missing:
             raise declaration_error(
@@ -201,6 +222,8 @@ def check_stream(cls: type, entry: str, stream: Stream, declared: Mapping[str, S
         )
         if not isinstance(param, str) or not ok:
             raise declaration_error(cls, name, f"param {param!r} must map to a string or strings")
+    if free_path:
+        return
     try:
         placeholders = stream.placeholders
     except ValueError as exc:
