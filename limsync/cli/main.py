@@ -27,6 +27,7 @@ from limsync.cli.common import (
     print_reports,
 )
 from limsync.cli.diagram import diagram
+from limsync.cli.new_connector import new_connector
 from limsync.config.settings import load_settings
 
 
@@ -184,11 +185,17 @@ def connectors() -> None:
     from limsync.connectors import registry
 
     t = Table("type", "class", "streams")
-    for name, cls in sorted(registry.available().items()):
-        t.add_row(name, f"{cls.__module__}.{cls.__qualname__}", ", ".join(cls.streams))
+    for name, cls in registry.usable().items():
+        streams = "(from settings)" if getattr(cls, "instance_streams", False) else ""
+        t.add_row(name, f"{cls.__module__}.{cls.__qualname__}", streams or ", ".join(cls.streams))
     out.print(t)
     for name, problem in sorted(registry.broken().items()):
         err.print(f"[red]broken plugin[/] {name}: {problem}", highlight=False)
+    conflicts = registry.duplicates()
+    for name, sources in conflicts.items():
+        err.print(f"[bold red]error:[/] {registry.duplicate_error(name, sources)}", highlight=False)
+    if conflicts:
+        sys.exit(2)
 
 
 @cli.command()
@@ -391,6 +398,7 @@ def demo(db_path: Path, subjects: int, seed: int) -> None:
 # --- commands that live in their own modules (limsync/cli/<command>.py); one line each.
 
 cli.add_command(diagram)
+cli.add_command(new_connector)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,28 @@
-"""The source side of limsync: connectors that read LIMS APIs. Never imports the database side.
+"""The source side of limsync, and the stable API for connector authors. Never imports the
+database side.
 
-Connector authors subclass :class:`Connector` and declare :class:`Stream` objects; the engine
-calls :meth:`Connector.read`, :meth:`Connector.cursor_value` and :meth:`Connector.confirm_gone`.
-Connector classes are found by type name through :mod:`limsync.connectors.registry`.
+Everything a connector needs is importable from here, and only the names in ``__all__`` are
+the author API (``tests/connectors/test_public_api.py`` guards the list; the modules behind it
+are private and may change):
+
+* declaring: :class:`Connector`, :class:`ConnectorSettings`, :class:`StreamSettings`,
+  :class:`Stream`, :class:`Streams`, :class:`Cursor`;
+* reading: :class:`ReadContext`, :data:`Key`, :data:`Page`, :data:`Record`,
+  :func:`nothing_known`, :class:`CheckResult`;
+* paging: :class:`Paginator` and :class:`LimitOffset`, :class:`HeaderTotal`,
+  :class:`PageNumber`, :class:`NextLink`;
+* HTTP: the auth helpers :class:`BearerAuth`, :class:`TokenAuth`, :class:`HeaderAuth`,
+  :class:`BasicAuth`; :func:`send` and :func:`raise_for_response` (a request with limsync's
+  error translation), :func:`redact_url` and :func:`response_detail` (for messages);
+* :class:`TableOverride`, the engine-side mapping override a stream's settings carry.
+
+The engine calls :meth:`Connector.read`, :meth:`Connector.cursor_value` and
+:meth:`Connector.confirm_gone`. Connector classes are found by type name through the
+``limsync.connectors`` entry-point group (:mod:`limsync.connectors.registry`). The guide is
+``docs/authoring.md``; the contract test suite is :mod:`limsync.testing.contract`.
 """
 
+from limsync.connectors.auth import BasicAuth, BearerAuth, HeaderAuth, TokenAuth
 from limsync.connectors.base import (
     CheckResult,
     Connector,
@@ -16,29 +34,44 @@ from limsync.connectors.base import (
     Streams,
     StreamSettings,
     TableOverride,
+    nothing_known,
 )
+from limsync.connectors.http import raise_for_response, redact_url, response_detail, send
 from limsync.connectors.pagination import (
     HeaderTotal,
     LimitOffset,
     NextLink,
+    Page,
     PageNumber,
     Paginator,
+    Record,
 )
 
 __all__ = [
+    "BasicAuth",
+    "BearerAuth",
     "CheckResult",
     "Connector",
     "ConnectorSettings",
     "Cursor",
+    "HeaderAuth",
     "HeaderTotal",
     "Key",
     "LimitOffset",
     "NextLink",
+    "Page",
     "PageNumber",
     "Paginator",
     "ReadContext",
+    "Record",
     "Stream",
     "StreamSettings",
     "Streams",
     "TableOverride",
+    "TokenAuth",
+    "nothing_known",
+    "raise_for_response",
+    "redact_url",
+    "response_detail",
+    "send",
 ]

@@ -88,6 +88,21 @@ def available() -> dict[str, type[Connector]]:
     return dict(sorted(scan.classes.items()))
 
 
+def usable() -> dict[str, type[Connector]]:
+    """Every loadable connector class whose name only one distribution claims (never raises)."""
+    return dict(sorted(_scan().classes.items()))
+
+
+def duplicates() -> dict[str, list[str]]:
+    """Type names claimed by more than one distribution: name -> each claimant and its target."""
+    return dict(sorted(_scan().duplicates.items()))
+
+
+def duplicate_error(name: str, sources: list[str]) -> ConfigError:
+    """The error for a type name that several distributions register."""
+    return _duplicate_error(name, sources)
+
+
 def broken() -> dict[str, str]:
     """Plugins that could not be used: type name -> distribution and reason."""
     return dict(sorted(_scan().broken.items()))

@@ -32,6 +32,11 @@ logger = logging.getLogger(__name__)
 
 JSON_TYPE = "application/json"
 
+#: Query parameters that usually page rather than filter (see ``Faults.repeat_first_page``).
+PAGING_PARAMS = frozenset(
+    {"limit", "offset", "l", "o", "page", "page_size", "per_page", "size", "cursor", "page_token"}
+)
+
 # Query parameter names whose values the request log masks (substring match, lower case).
 _SECRET_WORDS = ("password", "passwd", "secret", "token", "key", "auth", "session")
 
@@ -127,8 +132,14 @@ class Faults:
     """The next N successful JSON bodies are truncated to half their length."""
     drop_connection: int = 0
     """The next N requests get no response at all: the socket is closed."""
+    repeat_first_page: bool = False
+    """While on, the server ignores the paging parameters of GET requests: a request gets the
+    first successful reply sent to the same path with the same other query parameters."""
+    paging_params: frozenset[str] = PAGING_PARAMS
+    """The query parameters ``repeat_first_page`` ignores."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     _seen: int = field(default=0, repr=False, compare=False)
+    _first_pages: dict[str, Reply] = field(default_factory=dict, repr=False, compare=False)
 
     def set(self, **changes: Any) -> None:
         """Change several fields at once, e.g. ``faults.set(error_burst=3, error_status=502)``."""
@@ -141,6 +152,8 @@ class Faults:
                 setattr(self, name, value)
             if "throttle_every" in changes:
                 self._seen = 0
+            if "repeat_first_page" in changes:
+                self._first_pages.clear()
 
     def reset(self) -> None:
         """Turn every fault off."""
@@ -165,6 +178,19 @@ class Faults:
                     self.throttle -= 1
                 plan.throttle_after = self.retry_after
             return plan
+
+    def _repeat(self, request: Request, reply: Reply) -> Reply:
+        """The reply to send under ``repeat_first_page``: the path's first one, once it has one."""
+        with self._lock:
+            if not self.repeat_first_page or request.method != "GET" or reply.status != 200:
+                return reply
+            listing = sorted(
+                (name, value)
+                for name, values in request.query.items()
+                if name not in self.paging_params
+                for value in values
+            )
+            return self._first_pages.setdefault(f"{request.path}?{listing}", reply)
 
     def _take_malformed(self) -> bool:
         with self._lock:
@@ -400,7 +426,7 @@ class FakeServer:
                 return self.method_not_allowed_reply(request, methods), None
             return self.not_found_reply(request), None
         try:
-            return route.handler(request, **params), None
+            return self.faults._repeat(request, route.handler(request, **params)), None
         except Exception as exc:  # a fake must answer, as a real server does, not die
             logger.exception("handler for %s %s failed", request.method, route.pattern)
             return self.error_reply(500, str(exc)), None

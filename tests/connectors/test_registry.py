@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -137,3 +140,59 @@ def test_the_same_distribution_seen_twice_is_not_a_conflict(
         + distribution(tmp_path / "site-b", "limsync", value),
     )
     assert registry.get("alyx") is AlyxConnector
+
+
+def _install(site: Path, dist: str, module: str, entries: dict[str, str], source: str) -> None:
+    """A real installed distribution in ``site``: a module and a .dist-info with entry points."""
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    info = site / f"{dist.replace('-', '_')}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    lines = "\n".join(f"{name} = {value}" for name, value in entries.items())
+    (info / "entry_points.txt").write_text(f"[{registry.GROUP}]\n{lines}\n")
+    (info / "RECORD").write_text("")
+
+
+def _limsync_connectors(site: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(site), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "limsync", "connectors"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_an_installed_plugin_is_listed_by_the_cli(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    _install(
+        site,
+        "limsync-mylims",
+        "limsync_mylims_real",
+        {"mylims": "limsync_mylims_real:PluginConnector"},
+        PLUGIN.replace("{type_name}", "mylims"),
+    )
+    _install(site, "limsync-broken", "limsync_broken_real", {"broken": "limsync_broken_real:X"},
+             "raise RuntimeError('plugin import exploded')\n")  # fmt: skip
+    run = _limsync_connectors(site)
+    assert run.returncode == 0, run.stderr
+    assert "mylims" in run.stdout and "limsync_mylims_real.PluginConnector" in run.stdout
+    assert "alyx" in run.stdout  # the broken plugin hides nothing
+    assert "broken plugin broken: limsync-broken" in run.stderr
+    assert "plugin import exploded" in run.stderr
+
+    _install(
+        site,
+        "limsync-mylims-fork",
+        "limsync_mylims_fork",
+        {"mylims": "limsync_mylims_fork:PluginConnector"},
+        PLUGIN.replace("{type_name}", "mylims"),
+    )
+    run = _limsync_connectors(site)
+    assert run.returncode == 2
+    assert "'mylims' is registered by more than one distribution" in run.stderr
+    assert "limsync-mylims (" in run.stderr and "limsync-mylims-fork (" in run.stderr
+    assert "alyx" in run.stdout

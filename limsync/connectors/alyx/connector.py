@@ -36,20 +36,25 @@ import pydantic
 import requests
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from limsync.connectors.alyx import models
-from limsync.connectors.alyx.filters import FilterGuard, pk_batches, pk_in
-from limsync.connectors.base import (
+from limsync.connectors import (
     CheckResult,
     Connector,
     ConnectorSettings,
     Cursor,
     Key,
+    LimitOffset,
+    Page,
     ReadContext,
+    Record,
     Stream,
     Streams,
+    raise_for_response,
+    redact_url,
+    response_detail,
+    send,
 )
-from limsync.connectors.http import raise_for_response, redact_url, response_detail, send
-from limsync.connectors.pagination import LimitOffset, Page, Record
+from limsync.connectors.alyx import models
+from limsync.connectors.alyx.filters import FilterGuard, pk_batches, pk_in
 from limsync.errors import AuthenticationError, ConfigError, HTTPStatusError, SourceError
 
 log = logging.getLogger(__name__)

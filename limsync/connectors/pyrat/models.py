@@ -169,7 +169,7 @@ class Procedure(PyratRecord):
 
 class _Bundle(PyratRecord):
     animalid: int
-    checkpoint: str = ""
+    checkpoint: str
     """Empty for the bundle of items; the animal's fingerprint for a checkpoint record."""
     eartag_or_id: str | None = None
 
