@@ -5,11 +5,17 @@
 3. Sync again: nothing is written (idempotent).
 4. Change the source: rename a subject, add a weighing, edit a session, delete a weighing.
 5. Sync again and show exactly what changed, and where it went.
+
+After each sync the change outbox drives ``populate`` of a computed per-subject weight summary
+(:mod:`limsync.sync.maps.alyx_derived`): the first sync makes every subject's summary, the
+second none, the third exactly the subjects whose weighings changed (plus the renamed one,
+whose subject row changed).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -17,6 +23,7 @@ from rich.table import Table
 from limsync.config.settings import Settings
 from limsync.pipeline.database import Database
 from limsync.sync.maps import alyx as ibl
+from limsync.sync.maps.alyx_derived import WeightSummary
 from limsync.sync.report import SyncReport
 from limsync.sync.runner import sync
 from limsync.testing import Colony, FakeAlyx
@@ -35,7 +42,23 @@ def _settings(db_path: Path, url: str) -> Settings:
                 "streams": {"weighings": {"delete_policy": "delete"}},
             }
         },
+        populate={"tables": [f"{WeightSummary.__module__}.WeightSummary"]},
     )
+
+
+def _populated(console: Console, populated: list[Any]) -> set[str]:
+    """Print what the after-sync populate did; returns the recomputed subject uuids."""
+    if not populated:
+        return set()
+    report = populated[-1]
+    table = WeightSummary.spec.qualname
+    made = sum(t.made for t in report.tables)
+    stale = report.outbox.recomputed.get(table, []) if report.outbox else []
+    console.print(
+        f"   populate {table}: {made} summaries made, {len(stale)} of them recomputed "
+        "because their upstream rows changed"
+    )
+    return {str(k[0]) for k in stale}
 
 
 def _summary(console: Console, title: str, report: SyncReport) -> None:
@@ -58,27 +81,40 @@ def run_demo(db_path: Path, *, subjects: int = 60, seed: int = 7, console: Conso
         console.print(f"fake Alyx serving {subjects} subjects at {server.url}")
         settings = _settings(db_path, server.url)
 
-        first = sync(settings)[0]
+        populated: list[Any] = []
+        first = sync(settings, populated=populated)[0]
         _summary(console, "1. first sync", first)
-        second = sync(settings)[0]
+        _populated(console, populated)
+        second = sync(settings, populated=populated)[0]
         _summary(console, "2. the same sync again (nothing to write)", second)
+        _populated(console, populated)
 
         subject_ids = colony.ids("subjects")
         renamed = subject_ids[0]
         colony.rename_subject(renamed, "renamed_mouse")
         weighed = colony.record("subjects", subject_ids[1])
-        colony.add_weighing(weighed.nickname if hasattr(weighed, "nickname") else subject_ids[1],
-                            weight=23.4, date_time=colony.now)  # fmt: skip
+        colony.add_weighing(weighed.nickname, weight=23.4, date_time=colony.now)
         session_id = colony.ids("sessions")[0]
         colony.modify_session(session_id, narrative="edited in the demo")
-        gone = colony.ids("weighings")[0]
+        gone = next(
+            w for w in colony.ids("weighings")
+            if colony.record("weighings", w).subject == subject_ids[2]
+        )  # fmt: skip
         colony.delete_weighing(gone)
         console.print(
             "source changed: 1 subject renamed, 1 weighing added, 1 weighing deleted, "
             "1 session edited"
         )
-        third = sync(settings)[0]
+        expected = {subject_ids[1]: "weighing added", subject_ids[2]: "weighing deleted",
+                    renamed: "subject renamed"}  # fmt: skip
+        third = sync(settings, populated=populated)[0]
         _summary(console, "3. sync after the changes", third)
+        recomputed = _populated(console, populated)
+        for subject_uuid in sorted(recomputed):
+            why = expected.get(subject_uuid, "unexpected!")
+            console.print(f"   recomputed the weight summary of subject {subject_uuid} ({why})")
+        if recomputed != set(expected):
+            console.print("[bold red]the recomputed subjects differ from the changed ones[/]")
 
     db = Database(settings.database_url)
     try:

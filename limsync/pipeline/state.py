@@ -10,6 +10,7 @@ They live in their own schema (``<prefix>limsync`` on MySQL/PostgreSQL; a name p
 ``~limsync_quarantine``       records that failed validation, mapping or writing, with the raw one
 ``~limsync_outbox``           changed keys per table, for downstream recompute (at-least-once)
 ``~limsync_lock``             writer locks on SQLite (MySQL/PostgreSQL use server locks)
+``~limsync_job``              populate's job table: pending, reserved and failed keys (v2)
 ============================  =================================================================
 
 Created or migrated by :func:`upgrade` (``limsync db upgrade``), and automatically on first use.
@@ -28,7 +29,7 @@ import sqlalchemy as sa
 
 from limsync.pipeline.database import Database
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PREFIX = "~limsync_"
 
 
@@ -123,6 +124,24 @@ class StateTables:
             sa.Index(f"{PREFIX}outbox_pending", "processed_at", "id"),
             schema=schema,
         )  # fmt: skip
+        self.job = sa.Table(
+            name("job"), m,
+            sa.Column("table_name", sa.String(255), primary_key=True),  # populated table
+            sa.Column("key_hash", sa.CHAR(32), primary_key=True),  # of row_key
+            sa.Column("row_key", text, nullable=False),  # JSON list, canonical
+            sa.Column("status", sa.String(8), nullable=False),  # pending | reserved | error
+            sa.Column("attempts", sa.Integer, nullable=False),
+            sa.Column("token", sa.String(64)),  # the reserving worker
+            sa.Column("host", sa.String(255)),
+            sa.Column("pid", sa.Integer),
+            sa.Column("created_at", ts, nullable=False),
+            sa.Column("reserved_at", ts),
+            sa.Column("expires_at", ts),
+            sa.Column("error_message", text),
+            sa.Column("error_stack", text),
+            sa.Index(f"{PREFIX}job_claim", "table_name", "status", "expires_at"),
+            schema=schema,
+        )  # fmt: skip
         self.lock = sa.Table(
             name("lock"), m,
             sa.Column("name", key, primary_key=True),
@@ -146,7 +165,10 @@ def state_tables(db: Database) -> StateTables:
 
 # Each migration takes a connection and the tables and brings the schema from version i to i+1.
 MIGRATIONS: list[Callable[[sa.Connection, StateTables], None]] = [
+    # 1: every table (on a new database this creates the later versions' tables too)
     lambda conn, st: st.metadata.create_all(conn, checkfirst=True),
+    # 2: populate's job table
+    lambda conn, st: st.job.create(conn, checkfirst=True),
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 

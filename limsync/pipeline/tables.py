@@ -207,6 +207,12 @@ class Table:
     __references__: ClassVar[Sequence[Ref | type[Table]]] = ()
     __master__: ClassVar[type[Table] | None] = None
     __table_name__: ClassVar[str | None] = None
+    # Auto-populated tiers only (see limsync.pipeline.populate): what happens to derived rows
+    # when an upstream row changes, which tables' keys define the work (default: the primary
+    # references, DataJoint's rule) and which other tables ``make`` reads.
+    __on_change__: ClassVar[str] = "recompute"
+    __key_source__: ClassVar[Sequence[type[Table]] | None] = None
+    __depends_on__: ClassVar[Sequence[type[Table]]] = ()
     spec: ClassVar[TableSpec]
     Row: ClassVar[type[pydantic.BaseModel]]
 
@@ -246,14 +252,44 @@ class Manual(Table):
     __tier__ = Tier.MANUAL
 
 
-class Imported(Table):
+# What ``make`` may return: rows of the table itself (dicts; the key's columns may be left out)
+# and ``(PartClass, row)`` pairs for its Part tables. ``None`` means no rows for this key.
+MakeRow = dict[str, Any] | tuple[type[Table], dict[str, Any]]
+MakeResult = Iterable[MakeRow] | None
+
+
+class AutoPopulated(Table):
+    """Common base of Imported and Computed tables: ``make`` and what it gets to read with.
+
+    ``populate`` creates one instance per worker and sets :attr:`db` (the Database) and
+    :attr:`conn` (a read connection) before calling :meth:`make` for each key.
+    """
+
+    __abstract__ = True
+    db: Any
+    conn: Any
+
+    def make(self, key: dict[str, Any]) -> MakeResult:
+        """Compute the rows of one key; override it (delivery is at-least-once: be idempotent)."""
+        from limsync.errors import PopulateError
+
+        raise PopulateError(f"table class {type(self).__qualname__} defines no make(key)")
+
+    def fetch(self, table: type[Table] | TableSpec, **where: Any) -> list[dict[str, Any]]:
+        """Rows of ``table`` whose columns equal ``where`` (a list value means any of them)."""
+        from limsync.pipeline.populate.keys import fetch_where
+
+        return fetch_where(self.db, self.conn, table, where)
+
+
+class Imported(AutoPopulated):
     """Auto-populated from outside data (prefix ``_``)."""
 
     __abstract__ = True
     __tier__ = Tier.IMPORTED
 
 
-class Computed(Table):
+class Computed(AutoPopulated):
     """Auto-populated from other tables (prefix ``__``)."""
 
     __abstract__ = True
@@ -372,7 +408,51 @@ def _finish(cls: type[Table]) -> None:
         row_model=row_model,
     )
     cls.Row = row_model
+    _check_populate_attributes(cls, where)
     schema.register(cls)
+
+
+POPULATE_ATTRIBUTES = ("__on_change__", "__key_source__", "__depends_on__")
+
+
+def _check_populate_attributes(cls: type[Table], where: str) -> None:
+    """The populate class attributes: only on auto-populated tiers, and well formed."""
+    if not cls.__tier__.auto_populated:
+        given = [a for a in POPULATE_ATTRIBUTES if a in cls.__dict__]
+        if given or "make" in cls.__dict__:
+            raise DeclarationError(
+                f"{where}: {', '.join(given or ['make'])} only apply to Computed and Imported "
+                "tables"
+            )
+        return
+    if cls.__on_change__ not in ("recompute", "keep"):
+        raise DeclarationError(
+            f"{where}: __on_change__ must be 'recompute' or 'keep', not {cls.__on_change__!r}"
+        )
+    for attr in ("__key_source__", "__depends_on__"):
+        value = getattr(cls, attr)
+        if value is None:
+            continue
+        if isinstance(value, type) or not all(
+            isinstance(t, type) and issubclass(t, Table) and hasattr(t, "spec") for t in value
+        ):
+            raise DeclarationError(f"{where}: {attr} must be a tuple of table classes")
+    pk = cls.spec.primary_key
+    if cls.__key_source__ is not None:
+        if not cls.__key_source__:
+            raise DeclarationError(f"{where}: __key_source__ names no table")
+        covered = {c for t in cls.__key_source__ for c in t.spec.column_names}
+        missing = [c for c in pk if c not in covered]
+        if missing:
+            raise DeclarationError(
+                f"{where}: __key_source__ tables do not provide the key column(s) {missing}"
+            )
+    for dep in cls.__depends_on__:
+        if not set(dep.spec.column_names) & set(pk):
+            raise DeclarationError(
+                f"{where}: __depends_on__ table {dep.spec.qualname} shares no column with the "
+                f"primary key {list(pk)}, so its changes cannot be mapped to keys"
+            )
 
 
 def _own_columns(cls: type[Table], where: str) -> list[tuple[ColumnSpec, Any, Any]]:

@@ -1,0 +1,119 @@
+"""Tests for populate's worker processes: shared work, no key twice, dead workers taken over."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from populate_tables import Item, ItemDone, derived, upstream
+
+from limsync.pipeline import Database, state, upsert
+from limsync.pipeline.populate import backlog, populate
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture
+def items(db: Database) -> Database:
+    """2,000 upstream keys."""
+    db.declare(upstream, derived)
+    with db.transaction() as conn:
+        upsert(db, conn, Item, [{"item_id": i} for i in range(2000)])
+    return db
+
+
+def test_four_workers_make_every_key_exactly_once(
+    items: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "makes.log"
+    monkeypatch.setenv("LIMSYNC_TEST_MAKE_LOG", str(log))
+    seen: list[int] = []
+    report = populate(items, [ItemDone], workers=4, progress=lambda _t, m, _f, _n: seen.append(m))
+    assert report.ok and report.tables[0].made == 2000
+    calls = Counter(log.read_text().splitlines())
+    assert len(calls) == 2000 and set(calls.values()) == {1}
+    assert items.count(ItemDone) == 2000 and items.count(ItemDone.Copy) == 2000
+    assert sum(seen) == 2000
+    assert backlog(items)["tables"] == {}
+
+
+def _run_worker(db: Database, tmp_path: Path, hang: int) -> tuple[subprocess.Popen[bytes], Path]:
+    started = tmp_path / "started"
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from populate_tables import ItemDone\n"
+        "from limsync.pipeline import Database\n"
+        "from limsync.pipeline.populate import populate\n"
+        "db = Database(sys.argv[2], schema_prefix=sys.argv[3])\n"
+        "populate(db, [ItemDone])\n"
+    )
+    env = {**os.environ, "LIMSYNC_TEST_HANG": str(hang), "LIMSYNC_TEST_HANG_STARTED": str(started)}
+    url = db.url.render_as_string(hide_password=False)
+    proc = subprocess.Popen([sys.executable, "-c", code, str(HERE), url, db.schema_prefix], env=env)
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert proc.poll() is None, "the worker ended before reaching the hanging key"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return proc, started
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_a_killed_worker_leaves_no_partial_rows_and_its_key_is_taken_over(
+    items: Database, tmp_path: Path
+) -> None:
+    db = items
+    proc, _ = _run_worker(db, tmp_path, hang=1500)
+    _kill(proc)
+    # The hanging key and the rest of its chunk were never written, parts neither.
+    done = {r["item_id"] for r in db.fetch(ItemDone)}
+    parts = {r["item_id"] for r in db.fetch(ItemDone.Copy)}
+    assert 1500 not in done and done == parts
+    st = state.ensure(db)
+    with db.engine.connect() as conn:
+        reserved = conn.execute(
+            sa.select(sa.func.count()).where(st.job.c.status == "reserved")
+        ).scalar_one()
+    assert reserved > 0  # the dead worker's reservation is still there
+    # Another worker on this host sees the pid is dead and takes the keys over at once.
+    report = populate(db, [ItemDone])
+    assert report.ok and db.count(ItemDone) == 2000 and db.count(ItemDone.Copy) == 2000
+
+
+def test_an_expired_reservation_of_another_host_is_taken_over(
+    items: Database, tmp_path: Path
+) -> None:
+    db = items
+    proc, _ = _run_worker(db, tmp_path, hang=7)
+    _kill(proc)
+    st = state.ensure(db)
+    j = st.job
+    with db.transaction() as conn:
+        # As if the worker ran elsewhere: its pid means nothing here, only the expiry counts.
+        held = conn.execute(
+            j.update().where(j.c.status == "reserved").values(host="elsewhere")
+        ).rowcount
+    assert held > 0
+    populate(db, [ItemDone])
+    assert db.count(ItemDone) == 2000 - held  # still reserved, not expired: left alone
+    assert 7 not in {r["item_id"] for r in db.fetch(ItemDone)}
+    with db.transaction() as conn:
+        conn.execute(
+            j.update()
+            .where(j.c.status == "reserved")
+            .values(expires_at=state.utcnow() - dt.timedelta(seconds=1))
+        )
+    report = populate(db, [ItemDone])
+    assert report.ok and report.tables[0].made == held and db.count(ItemDone) == 2000
