@@ -1,0 +1,198 @@
+"""Benchmark: ``limsync migrate`` of a generated legacy CSV export (subjects and weighings).
+
+A temporary directory gets ``labs.csv``, ``subjects.csv`` (ROWS/10 subjects, latin-1-safe text,
+dates as ``dd.mm.yyyy``) and ``weighings.csv`` (the other 9/10 of the rows, decimal commas),
+mapped declaratively into ``tests/sync/fixtures/legacy/legacy_pipeline.py`` exactly as the
+tests' ``migrate.toml`` does (a lab lookup per subject, date parsing, a value map, a template).
+Each backend runs in its own child process, so its peak RSS (``resource.getrusage``) is its own:
+the first migration, then the same migration again (nothing changed: everything is skipped by
+content hash).
+
+    PYTHONPATH=. python benchmarks/migrate.py --rows 1000000 --backends sqlite mysql
+    PYTHONPATH=. python benchmarks/migrate.py --rows 100000 --backends sqlite --profile
+
+MariaDB/MySQL comes from ``LIMSYNC_TEST_MYSQL_URL`` (skipped when unset); its schemas get a
+unique ``bench_<random>_`` prefix and are dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "sync" / "fixtures" / "legacy"
+MYSQL_ENV = "LIMSYNC_TEST_MYSQL_URL"
+
+
+def generate(root: Path, rows: int) -> tuple[int, int]:
+    """Write the export; returns (subjects, weighings)."""
+    subjects = max(1, rows // 10)
+    weighings = rows - subjects
+    (root / "labs.csv").write_text("Name;Institute\ncortex;UCL\nwitten;Princeton\n")
+    with (root / "subjects.csv").open("w", encoding="utf-8") as f:
+        f.write("Animal ID;Lab;Sex;DOB;Notes\n")
+        for i in range(subjects):
+            lab = "cortex" if i % 3 else "witten"
+            f.write(
+                f"S{i:07d};{lab};{'fm'[i % 2]};{1 + i % 28:02d}.{1 + i % 12:02d}.2020;Käfig {i % 40}\n"
+            )
+    with (root / "weighings.csv").open("w", encoding="utf-8") as f:
+        f.write("Animal ID,Date,Weight (g)\n")
+        for j in range(weighings):
+            s, n = j % subjects, j // subjects
+            day = f"{1 + n % 28:02d}.{1 + (n // 28) % 12:02d}.{2021 + n // 336} {8 + s % 10:02d}:00"
+            f.write(f'S{s:07d},{day},"{18 + j % 9},{j % 10}"\n')
+    return subjects, weighings
+
+
+def config(root: Path, url: str, prefix: str, batch_size: int) -> Path:
+    text = (FIXTURES / "migrate.toml").read_text()
+    text = text.replace('type = "files"', f'type = "files"\nroot = {json.dumps(str(root))}')
+    text = text.replace("page_size = 2", "page_size = 5000")
+    head = f"database_url = {json.dumps(url)}\nschema_prefix = {json.dumps(prefix)}\n"
+    head += f"batch_size = {batch_size}\n"
+    path = root / "limsync.toml"
+    path.write_text(head + text)
+    return path
+
+
+def child(args: argparse.Namespace) -> None:
+    """One backend: migrate twice, print one JSON line per phase."""
+    sys.path.insert(0, str(FIXTURES))
+    from limsync.config.settings import load_settings
+    from limsync.sync.migrate import migrate
+
+    settings = load_settings(args.config)
+    for phase in ("first", "unchanged"):
+        profiler = cProfile.Profile() if args.profile and phase == "first" else None
+        started = time.perf_counter()
+        if profiler:
+            profiler.enable()
+        result = migrate(settings)
+        if profiler:
+            profiler.disable()
+        seconds = time.perf_counter() - started
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        totals = result.reports[0].counts()
+        line = {
+            "phase": phase, "seconds": round(seconds, 2), "read": result.read,
+            "rows_per_s": round(result.read / seconds), "peak_rss_mb": round(peak),
+            "new": totals["new"], "unchanged": totals["unchanged"], "rejected": result.rejected,
+            "ok": result.ok,
+        }  # fmt: skip
+        print(json.dumps(line), flush=True)
+        if profiler:
+            out = io.StringIO()
+            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(args.top)
+            print(out.getvalue(), file=sys.stderr)
+
+
+def drop_mysql(url: str, prefix: str) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        names = [
+            r[0]
+            for r in conn.exec_driver_sql(
+                "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE %s",
+                (prefix.replace("_", "\\_") + "%",),
+            )
+        ]
+        conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS=0")
+        for n in names:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{n}`")
+        conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS=1")
+    engine.dispose()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--backends", nargs="+", default=["sqlite", "mysql"])
+    parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument("--profile", action="store_true", help="cProfile the first migration")
+    parser.add_argument("--top", type=int, default=25, help="profile lines to print")
+    parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return 0
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="limsync-migrate-") as tmp:
+        root = Path(tmp)
+        started = time.perf_counter()
+        subjects, weighings = generate(root, args.rows)
+        size = sum(p.stat().st_size for p in root.glob("*.csv")) / 1e6
+        print(
+            f"export: {subjects:,} subjects + {weighings:,} weighings, {size:.0f} MB, "
+            f"written in {time.perf_counter() - started:.1f} s"
+        )
+        print(
+            f"{'backend':8} {'phase':10} {'seconds':>8} {'rows/s':>8} {'peak RSS MB':>12}  detail"
+        )
+        for backend in args.backends:
+            prefix = f"bench_{uuid.uuid4().hex[:6]}_"
+            if backend == "sqlite":
+                url = f"sqlite:///{root / 'pipeline.db'}"
+            elif backend == "mysql":
+                url = os.environ.get(MYSQL_ENV, "")
+                if not url:
+                    print(f"mysql: skipped ({MYSQL_ENV} not set)")
+                    continue
+            else:
+                print(f"{backend}: unknown backend")
+                failed = True
+                continue
+            path = config(root, url, prefix, args.batch_size)
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                "--config",
+                str(path),
+                "--top",
+                str(args.top),
+            ]
+            if args.profile:
+                cmd.append("--profile")
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+            except subprocess.TimeoutExpired:
+                print(f"{backend}: timed out after {args.timeout:.0f} s")
+                failed = True
+                continue
+            finally:
+                if backend == "mysql":
+                    drop_mysql(url, prefix)
+            for raw in proc.stdout.splitlines():
+                r: dict[str, Any] = json.loads(raw)
+                detail = f"new {r['new']:,}, unchanged {r['unchanged']:,}, rejected {r['rejected']}"
+                print(
+                    f"{backend:8} {r['phase']:10} {r['seconds']:8.1f} {r['rows_per_s']:8,} "
+                    f"{r['peak_rss_mb']:12,}  {detail}"
+                )
+                failed |= not r["ok"]
+            if proc.returncode != 0 or args.profile:
+                print(proc.stderr[-20000:], file=sys.stderr)
+            failed |= proc.returncode != 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
