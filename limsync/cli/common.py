@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from limsync.config.settings import Settings, load_settings
@@ -35,7 +36,7 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except LimsyncError as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
             sys.exit(exc.exit_code)
 
     return wrapper  # type: ignore[return-value]
@@ -118,5 +119,5 @@ def print_reports(reports: list[SyncReport], as_json: bool) -> int:
                 )  # fmt: skip
             out.print(t)
             if r.error:
-                err.print(f"[bold red]error:[/] {r.error}", highlight=False)
+                err.print(f"[bold red]error:[/] {escape(r.error)}", highlight=False)
     return 0 if all(r.ok for r in reports) else 1

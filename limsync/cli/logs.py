@@ -1,4 +1,9 @@
-"""Logging for the CLI: readable text on a terminal or JSON lines, secrets redacted."""
+"""Logging for the CLI: readable text on a terminal or JSON lines, secrets redacted.
+
+Every line carries the run id, connector and stream bound by the engine
+(:mod:`limsync.sync.logcontext`): as fields of a JSON line, or as ``[connector.stream #run]``
+in text.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,9 @@ import json
 import logging
 import re
 import sys
+from typing import Any
+
+from limsync.sync import logcontext
 
 _SECRETS: set[str] = set()
 _PATTERNS = (
@@ -30,17 +38,45 @@ def scrub(text: str) -> str:
     return text
 
 
+def register_settings_secrets(settings: Any) -> None:
+    """Register every secret a :class:`~limsync.config.settings.Settings` holds: connector
+    secrets, the database URL's password and the alert webhook URL (its path is often a key)."""
+    from sqlalchemy.engine import make_url
+
+    for name in settings.connectors:
+        for value in settings.connector_settings(name).secrets():
+            register_secret(value)
+    try:
+        password = make_url(settings.database_url).password
+    except Exception:  # an unreadable URL is reported elsewhere; nothing to register
+        password = None
+    if password:
+        register_secret(str(password))
+    webhook = settings.alerts.webhook_url
+    if webhook is not None:
+        register_secret(webhook.get_secret_value())
+
+
+class _ContextFilter(logging.Filter):
+    """Copies the bound run id, connector and stream onto each record (None when unbound)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in logcontext.current().items():
+            if getattr(record, key, None) is None:
+                setattr(record, key, value)
+        return True
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        doc = {
+        doc: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": scrub(record.getMessage()),
         }
-        for key in ("run_id", "connector", "stream"):
-            if hasattr(record, key):
-                doc[key] = getattr(record, key)
+        for key in logcontext.FIELDS:
+            doc[key] = getattr(record, key, None)
         if record.exc_info:
             doc["exception"] = scrub(self.formatException(record.exc_info))
         return json.dumps(doc, default=str)
@@ -48,13 +84,26 @@ class _JsonFormatter(logging.Formatter):
 
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return scrub(super().format(record))
+        where = ".".join(
+            str(v)
+            for v in (getattr(record, "connector", None), getattr(record, "stream", None))
+            if v
+        )
+        run_id = getattr(record, "run_id", None)
+        if run_id:
+            where += f" #{run_id}"
+        text = super().format(record)
+        if where:
+            head, sep, tail = text.partition(": ")
+            text = f"{head} [{where}]{sep}{tail}"
+        return scrub(text)
 
 
 def setup_logging(verbose: int, fmt: str) -> None:
     """Send limsync's logs to stderr at WARNING, INFO (-v) or DEBUG (-vv)."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_ContextFilter())
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:

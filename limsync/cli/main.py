@@ -26,8 +26,11 @@ from limsync.cli.common import (
     out,
     print_reports,
 )
+from limsync.cli.daemon import daemon
 from limsync.cli.diagram import diagram
+from limsync.cli.migrate import migrate
 from limsync.cli.new_connector import new_connector
+from limsync.cli.populate import populate
 from limsync.config.settings import load_settings
 
 
@@ -70,9 +73,15 @@ def sync(config_path: Path | None, as_json: bool, select: tuple[str, ...], incre
 
     settings = load_settings(config_path)
     with progress_bars(enabled=not as_json) as progress:
+        populated: list[Any] = []
         reports = run_sync(settings, select, full=not incremental, force_delete=force,
-                           progress=progress)  # fmt: skip
-    sys.exit(print_reports(reports, as_json))
+                           progress=progress, populated=populated)  # fmt: skip
+    code = print_reports(reports, as_json)
+    if populated and not as_json:
+        from limsync.cli.populate import print_after_sync
+
+        print_after_sync(populated[0])
+    sys.exit(code)
 
 
 @cli.command()
@@ -203,15 +212,21 @@ def connectors() -> None:
 @json_option
 @click.option("--connector", help="Only this connector.")
 @click.option("--status", "status_", help="Only runs with this status.")
+@click.option("--kind", help="Only runs of this kind (sync, populate, replay).")
+@click.option("--since", help="Only runs started within this duration (2h, 1d) or since a UTC "
+              "date/time (2025-01-31, 2025-01-31T02:00).")  # fmt: skip
 @click.option("--limit", default=20, show_default=True, help="How many runs.")
 @handle_errors
 def runs(config_path: Path | None, as_json: bool, connector: str | None, status_: str | None,
-         limit: int) -> None:  # fmt: skip
-    """List past runs, newest first."""
-    from limsync.pipeline import state
+         kind: str | None, since: str | None, limit: int) -> None:  # fmt: skip
+    """List past runs, newest first, with filters."""
+    from limsync.cli.daemon import parse_since
+    from limsync.sync import admin
 
+    start = parse_since(since) if since else None
     with opened(config_path) as (_, db):
-        rows = state.runs(db, connector=connector, status=status_, limit=limit)
+        rows = admin.runs(db, connector=connector, status=status_, kind=kind, since=start,
+                          limit=limit)  # fmt: skip
     if as_json:
         echo_json(rows)
         return
@@ -239,15 +254,9 @@ def status(config_path: Path | None, as_json: bool) -> None:
     if as_json:
         echo_json(rows)
         return
-    t = Table("connector", "last run", "outcome", "last success", "records", "quarantined",
-              "outbox backlog")  # fmt: skip
-    for r in rows:
-        last = r["last_run"] or {}
-        t.add_row(r["connector"], str(last.get("started_at", "never"))[:19],
-                  str(last.get("status", "")), str(r["last_success"] or "never")[:19],
-                  str(r["records"].get("present", 0)), str(r["quarantined"]),
-                  str(r["outbox_backlog"]))  # fmt: skip
-    out.print(t)
+    from limsync.cli.daemon import status_table
+
+    out.print(status_table(rows))
 
 
 @cli.group()
@@ -397,8 +406,11 @@ def demo(db_path: Path, subjects: int, seed: int) -> None:
 
 # --- commands that live in their own modules (limsync/cli/<command>.py); one line each.
 
+cli.add_command(daemon)
 cli.add_command(diagram)
+cli.add_command(migrate)
 cli.add_command(new_connector)
+cli.add_command(populate)
 
 
 if __name__ == "__main__":

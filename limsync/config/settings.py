@@ -11,10 +11,18 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,6 +30,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from limsync.config.duration import parse_duration
+from limsync.config.mappings import Mappings
 from limsync.connectors.base import ConnectorSettings
 from limsync.errors import ConfigError
 
@@ -45,6 +55,82 @@ class ScheduleEntry(BaseModel):
             raise ValueError("give exactly one of interval or cron")
         return self
 
+    @field_validator("interval")
+    @classmethod
+    def _interval_readable(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_readable(cls, value: str | None) -> str | None:
+        if value is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(value, timezone="UTC")
+            except ValueError as exc:
+                raise ValueError(
+                    f"not a cron expression (minute hour day month weekday): {exc}"
+                ) from None
+        return value
+
+
+Seconds = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class DaemonSettings(BaseModel):
+    """The ``[daemon]`` section: metrics, health, misfires, stopping and backoff."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metrics_address: str | None = Field(
+        "127.0.0.1:9464", description='"host:port" of /metrics and /healthz; "" turns them off'
+    )
+    health_max_age: Seconds | None = Field(
+        None, description="unhealthy when a connector has not succeeded for this long"
+    )
+    health_max_age_by_connector: dict[str, Seconds] = {}
+    misfire_grace: Seconds = 300.0
+    stop_timeout: Seconds = 120.0
+    backoff_base: Seconds = 60.0
+    backoff_cap: Seconds = 3600.0
+
+
+class AlertSettings(BaseModel):
+    """The ``[alerts]`` section: a webhook that receives a small JSON document per event."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    webhook_url: SecretStr | None = None
+    timeout: Seconds = 10.0
+    on_failure: bool = True
+    on_recovery: bool = True
+    on_quarantine: bool = True
+
+
+class DataJointSettings(BaseModel):
+    """``[populate.datajoint]``: the lab's own DataJoint tables to refresh after a sync."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tables: list[str] = Field(default_factory=list, description='"mylab.ephys.SpikeSorting"')
+    action: Literal["populate", "jobs"] = "populate"
+    on_change: Literal["recompute", "keep"] = "recompute"
+
+
+class PopulateSettings(BaseModel):
+    """``[populate]``: limsync Computed/Imported tables and how they are populated."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tables: list[str] = Field(default_factory=list, description='"mylab.pipeline.WeightSummary"')
+    workers: int = Field(1, ge=1, le=256)
+    reservation_timeout: Seconds = Field(600.0, gt=0, description='seconds (or "10m")')
+    after_sync: bool = True
+    datajoint: DataJointSettings = Field(default_factory=DataJointSettings)
+
 
 class Settings(BaseSettings):
     """The whole configuration."""
@@ -59,6 +145,23 @@ class Settings(BaseSettings):
     batch_size: int = Field(1000, ge=1, le=50_000)
     connectors: dict[str, dict[str, Any]] = {}
     schedule: list[ScheduleEntry] = []
+    populate: PopulateSettings = Field(default_factory=PopulateSettings)
+    daemon: DaemonSettings = DaemonSettings()
+    alerts: AlertSettings = AlertSettings()
+    pipelines: list[str] = []
+    """Pipelines to declare before mapping: a built-in mapping name or a module with SCHEMAS."""
+    mappings: Mappings = {}
+    """Declarative mappings: connector instance -> stream -> tables (docs/migrations.md)."""
+
+    @model_validator(mode="after")
+    def _mapped_connectors(self) -> Settings:
+        unknown = sorted(set(self.mappings) - set(self.connectors))
+        if unknown:
+            raise ValueError(
+                f"mappings for unknown connector(s) {', '.join(unknown)}; "
+                f"configured: {', '.join(sorted(self.connectors)) or 'none'}"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -119,7 +222,7 @@ def describe_validation_error(exc: pydantic.ValidationError, where: str) -> str:
     """A readable list of problems, with places but never the offending values."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])[1:]
         env = "LIMSYNC_" + "__".join(str(p).upper() for p in err["loc"])
         lines.append(f"  - {loc}: {err['msg']} (set it in {where} or {env})")
     return f"invalid configuration in {where}:\n" + "\n".join(lines)

@@ -6,6 +6,7 @@ list|show|replay``, ``limsync state show|reset``), as plain data for scripts and
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -21,8 +22,19 @@ from limsync.sync.runner import prepare
 
 
 def status(db: Database, settings: Settings) -> list[dict[str, Any]]:
-    """Per configured connector: last run, last success, open quarantine, outbox backlog."""
+    """Per configured connector: last run, last success, staleness (seconds since the last
+    success), next scheduled run (from ``[[schedule]]``, no daemon needed), open quarantine,
+    outbox backlog and populate backlog per table."""
+    from limsync.sync.scheduler import next_runs, populate_backlog
+
     st = state.ensure(db)
+    now = state.utcnow()
+    upcoming: dict[str, Any] = {}
+    for entry in next_runs(settings, db):
+        when = entry["next_run"]
+        if when is not None and (upcoming.get(entry["connector"]) or when) >= when:
+            upcoming[entry["connector"]] = when
+    pending, _errors = populate_backlog(db)
     out = []
     with db.engine.connect() as conn:
         backlog = conn.execute(
@@ -48,12 +60,44 @@ def status(db: Database, settings: Settings) -> list[dict[str, Any]]:
                     "connector": name,
                     "last_run": last[0] if last else None,
                     "last_success": ok[0]["finished_at"] if ok else None,
+                    "stale_seconds": (
+                        round((now - ok[0]["finished_at"]).total_seconds())
+                        if ok and ok[0]["finished_at"]
+                        else None
+                    ),
+                    "next_run": upcoming.get(name),
                     "quarantined": int(quarantined),
                     "records": {s: int(n) for s, n in records},
                     "outbox_backlog": int(backlog),
+                    "populate_backlog": pending,
                 }
             )
     return out
+
+
+def runs(
+    db: Database,
+    *,
+    connector: str | None = None,
+    status: str | None = None,
+    kind: str | None = None,
+    since: dt.datetime | None = None,
+    limit: int = 20,
+) -> list[dict[str, Any]]:
+    """The run log, newest first, filtered by connector, status, kind and start time (UTC)."""
+    st = state.ensure(db)
+    t = st.run
+    q = sa.select(t).order_by(t.c.run_id.desc()).limit(limit)
+    for column, value in ((t.c.connector, connector), (t.c.status, status), (t.c.kind, kind)):
+        if value:
+            q = q.where(column == value)
+    if since is not None:
+        q = q.where(t.c.started_at >= since)
+    with db.engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(q).mappings()]
+    for r in rows:
+        r["counts"] = json.loads(r["counts"]) if r["counts"] else {}
+    return rows
 
 
 def quarantine_list(

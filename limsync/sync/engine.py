@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from limsync.pipeline.graph import build_graph, load_order
 from limsync.pipeline.locks import Lock
 from limsync.pipeline.tables import TableSpec
 from limsync.pipeline.upsert import ChangeSet, missing_parents, upsert, validate_row
+from limsync.sync import logcontext
 from limsync.sync.mapping import Mapper, key_from_json, key_json, resolve_lookups
 from limsync.sync.report import StreamReport, SyncReport
 
@@ -77,8 +79,18 @@ def raw_key_text(stream: Stream, raw: Mapping[str, Any]) -> str:
         return f"#raw:{digest}"
 
 
+class _StopRequestedError(Exception):
+    """The engine's stop flag was set: leave the run between two batches."""
+
+
 class SyncEngine:
-    """Syncs one connector instance into one database."""
+    """Syncs one connector instance into one database.
+
+    ``stop``: when this event is set, the engine finishes the batch it is writing, records the
+    run as ``interrupted`` and returns; nothing is left half-written, and the stream's cursor
+    stays where it was, so the next run reads the rest. A ``KeyboardInterrupt`` (a hard stop)
+    rolls the open batch back and is recorded as ``interrupted`` too.
+    """
 
     def __init__(
         self,
@@ -88,6 +100,7 @@ class SyncEngine:
         *,
         batch_size: int = DEFAULT_BATCH,
         progress: Progress | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.db = db
         self.connector = connector
@@ -95,7 +108,11 @@ class SyncEngine:
         self.mappers = dict(mappers)
         self.batch_size = batch_size
         self.progress = progress
+        self.stop = stop
         self.st = state.ensure(db)
+        # Called with (stream, [(key, stage, error, raw), ...]) after each batch that set records
+        # aside, dry runs included: how `limsync migrate` reports what a dry run would reject.
+        self.on_quarantine: Callable[[str, list[tuple[str, str, str, Any]]], None] | None = None
 
     # -- ordering
 
@@ -131,8 +148,12 @@ class SyncEngine:
         full: bool = True,
         dry_run: bool = False,
         force_delete: bool = False,
+        kind: str = "sync",
     ) -> SyncReport:
-        """Sync the selected streams (all by default); never raises for one stream's failure."""
+        """Sync the selected streams (all by default); never raises for one stream's failure.
+
+        ``kind`` is what the run log calls the run (``sync``, ``migrate``).
+        """
         mode = "full" if full else "incremental"
         report = SyncReport(self.name, mode=mode, dry_run=dry_run)
         lock = Lock(self.db, f"sync:{self.name}")
@@ -142,33 +163,51 @@ class SyncEngine:
             report.error = str(exc)
             report.skipped = True
             return report
-        run_id = 0 if dry_run else state.start_run(self.db, self.name, "sync", mode)
+        run_id = 0 if dry_run else state.start_run(self.db, self.name, kind, mode)
         report.run_id = run_id
+        interrupted = False
         try:
             outer: contextlib.AbstractContextManager[sa.Connection | None]
             outer = self.db.transaction() if dry_run else contextlib.nullcontext()
-            with outer as dry_conn:
+            with outer as dry_conn, logcontext.bound(connector=self.name, run_id=run_id):
                 for name in self.stream_order(streams):
+                    if self._stop_requested():
+                        interrupted = True
+                        break
                     sr = StreamReport(name)
                     report.streams.append(sr)
                     started = time.monotonic()
                     try:
-                        self._sync_stream(name, sr, run_id, full, dry_conn, force_delete, lock)
+                        with logcontext.bound(stream=name):
+                            self._sync_stream(name, sr, run_id, full, dry_conn, force_delete, lock)
+                    except _StopRequestedError:
+                        interrupted = True
+                        break
                     except LimsyncError as exc:
-                        sr.error = str(exc)
+                        sr.error = f"{type(exc).__name__}: {exc}"
                         log.error("stream %s.%s failed: %s", self.name, name, exc)
-                    sr.seconds = time.monotonic() - started
+                    finally:
+                        sr.seconds = time.monotonic() - started
                 if dry_conn is not None:
                     dry_conn.get_transaction().rollback()  # type: ignore[union-attr]
         except BaseException as exc:
             if not dry_run:
-                state.finish_run(self.db, run_id, "failed", report.counts(), repr(exc))
+                # A KeyboardInterrupt is a hard stop: the open batch rolled back, nothing is lost.
+                status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+                error = f"{type(exc).__name__}: {exc}"
+                state.finish_run(self.db, run_id, status, report.counts(), error)
             raise
+        else:
+            if interrupted:
+                report.error = "interrupted: a stop was requested; the next run reads the rest"
+                log.warning("run %s of %s interrupted between batches", run_id, self.name)
+            if not dry_run:
+                # Recorded before the lock is released: run log spans of one connector never
+                # overlap, so they show that two runs never wrote at once.
+                status = "interrupted" if interrupted else "success" if report.ok else "failed"
+                state.finish_run(self.db, run_id, status, report.counts(), report.first_error())
         finally:
             lock.release()
-        if not dry_run:
-            status = "success" if report.ok else "failed"
-            state.finish_run(self.db, run_id, status, report.counts(), report.first_error())
         return report
 
     @contextlib.contextmanager
@@ -203,7 +242,7 @@ class SyncEngine:
             texts = {ledger.key_text(k): k for k in keys}
             with contextlib.ExitStack() as stack:
                 c = dry_conn or stack.enter_context(self.db.engine.connect())
-                found = ledger.lookup(c, self.st, self.name, name, list(texts))
+                found = ledger.lookup(c, self.st, self.name, name, list(texts), targets=False)
             return {texts[t] for t, e in found.items() if e.state == "present"}
 
         def confirm_seen(keys: Sequence[Key]) -> None:
@@ -212,6 +251,8 @@ class SyncEngine:
         ctx = ReadContext(full=full, cursor=cursor, known=known, seen=confirm_seen)
         pending: list[dict[str, Any]] = []
         for page in self.connector.read(name, ctx):
+            if self._stop_requested():
+                raise _StopRequestedError  # the records read since the last batch are re-read
             for raw in page:
                 value = self.connector.cursor_value(name, raw)
                 if value is not None and (max_cursor is None or value > max_cursor):
@@ -225,10 +266,15 @@ class SyncEngine:
                 self._process(name, stream, batch, sr, run_id, seen, None, dry_conn)
                 if dry_conn is None:
                     lock.refresh()
+                if self._stop_requested():
+                    raise _StopRequestedError
         new_cursor = max_cursor if stream.cursor and max_cursor != cursor else None
         self._process(name, stream, pending, sr, run_id, seen, new_cursor, dry_conn)
         if full:
             self._detect_gone(name, sr, run_id, seen, dry_conn, force_delete)
+
+    def _stop_requested(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
 
     def replay(self, name: str, raws: list[dict[str, Any]], sr: StreamReport, run_id: int) -> None:
         """Process raw records again (quarantine replay), without reading the source."""
@@ -248,6 +294,7 @@ class SyncEngine:
     ) -> None:
         quarantined: list[tuple[str, str, str, Any]] = []
         items: list[_Item] = []
+        dupes: list[_Item] = []
         volatile = set(stream.volatile)  # once per batch, not per record
         for raw in raws:
             try:
@@ -257,25 +304,35 @@ class SyncEngine:
                 continue
             key = stream.key_of(rec)
             ktext = ledger.key_text(key)
-            if ktext in seen:
-                sr.duplicates += 1  # unordered paging can repeat a record: first one wins
+            if ktext in seen:  # unordered paging, or a key twice in an export: see _duplicates
+                dupes.append(_Item(key, ktext, raw, rec, content_hash(rec, volatile)))
                 continue
             seen.add(ktext)
             items.append(_Item(key, ktext, raw, rec, content_hash(rec, volatile)))
         with contextlib.ExitStack() as stack:
             conn = dry_conn or stack.enter_context(self.db.engine.connect())
-            entries = ledger.lookup(conn, self.st, self.name, name, [i.ktext for i in items])
-        todo: list[_Item] = []
-        for item in items:
-            item.old = entries.get(item.ktext)
-            if (
-                item.old is not None
-                and item.old.state == "present"
-                and item.old.content_hash == item.hash
-            ):
-                sr.unchanged += 1
-            else:
-                todo.append(item)
+            keys = list(dict.fromkeys(i.ktext for i in [*items, *dupes]))
+            entries = ledger.lookup(conn, self.st, self.name, name, keys, targets=False)
+            self._duplicates(dupes, items, entries, sr, quarantined)
+            todo: list[_Item] = []
+            for item in items:
+                item.old = entries.get(item.ktext)
+                if (
+                    item.old is not None
+                    and item.old.state == "present"
+                    and item.old.content_hash == item.hash
+                ):
+                    sr.unchanged += 1
+                else:
+                    todo.append(item)
+            # What changed records produced before (to delete rows they no longer produce):
+            # read for those few only, not for every record of the batch.
+            before = [i.ktext for i in todo if i.old is not None]
+            if before:
+                full = ledger.lookup(conn, self.st, self.name, name, before)
+                for item in todo:
+                    if item.old is not None:
+                        item.old = full.get(item.ktext, item.old)
         mapper = self.mappers[name]
         mapped: list[_Item] = []
         for item in todo:
@@ -306,10 +363,41 @@ class SyncEngine:
         with self._batch_tx(dry_conn) as conn:
             landed = self._write(conn, ready, quarantined, sr, run_id, name)
             ledger.quarantine(conn, self.st, self.name, name, quarantined, run_id)
-            ledger.release_quarantine(conn, self.st, self.name, name, [i.ktext for i in landed])
+            # A key both landed and quarantined in one batch is a duplicate: keep its entry.
+            held = {k for k, _, _, _ in quarantined}
+            released = [i.ktext for i in landed if i.ktext not in held]
+            ledger.release_quarantine(conn, self.st, self.name, name, released)
             if new_cursor is not None:
                 ledger.set_cursor(conn, self.st, self.name, name, new_cursor)
         sr.quarantined += len(quarantined)
+        if quarantined and self.on_quarantine is not None:
+            self.on_quarantine(name, quarantined)
+
+    def _duplicates(
+        self,
+        dupes: list[_Item],
+        items: list[_Item],
+        entries: Mapping[str, ledger.LedgerEntry],
+        sr: StreamReport,
+        quarantined: list[tuple[str, str, str, Any]],
+    ) -> None:
+        """Records whose key this scan already read: counted when their content is the same,
+        quarantined (stage ``duplicate``) when it differs; the first one stays. (The files and
+        SQL connectors find such keys themselves and name both places.)
+        """
+        batch = {i.ktext: i.hash for i in items}
+        for d in dupes:
+            first = batch.get(d.ktext)
+            entry = entries.get(d.ktext)
+            if first is None and entry is not None and entry.state == "present":
+                first = entry.content_hash
+            if first == d.hash:
+                sr.duplicates += 1
+                continue
+            here = d.raw.get("_source")  # where file records come from (subjects.csv:12)
+            at = f" at {here}" if here is not None else ""
+            message = f"key {d.ktext} read again{at} with different content; the first one is used"
+            quarantined.append((d.ktext, "duplicate", message, d.raw))
 
     def _write(
         self,

@@ -9,6 +9,8 @@ module with a ``default_mapping`` class attribute (``"package.module"``; the mod
 from __future__ import annotations
 
 import importlib
+import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -22,9 +24,12 @@ from limsync.connectors.base import Connector
 from limsync.errors import ConfigError, DatabaseUnreachableError
 from limsync.pipeline.database import Database, safe_url
 from limsync.pipeline.state import ensure
+from limsync.sync.declarative import declare_pipelines, stream_map
 from limsync.sync.engine import Progress, SyncEngine
 from limsync.sync.mapping import Mapper, StreamMap
 from limsync.sync.report import SyncReport
+
+log = logging.getLogger(__name__)
 
 BUILTIN_MAPPINGS = {"alyx": "limsync.sync.maps.alyx"}
 
@@ -45,6 +50,14 @@ def open_database(settings: Settings) -> Database:
             f"cannot use database {safe_url(db.url)}: {reason}"
         ) from None
     return db
+
+
+def has_default_mapping(connector_cls: type[Connector]) -> bool:
+    """True when a connector type comes with a default pipeline and stream maps."""
+    return bool(
+        getattr(connector_cls, "default_mapping", None)
+        or connector_cls.type_name in BUILTIN_MAPPINGS
+    )
 
 
 def mapping_module(connector_cls: type[Connector]) -> ModuleType:
@@ -80,10 +93,27 @@ def prepare(
     """Build connector, mappers and engine for one configured instance; declare its tables."""
     csettings = settings.connector_settings(name)
     cls = registry.get(csettings.type)
-    module = mapping_module(cls)
-    db.declare(*module.SCHEMAS)
-    maps: dict[str, StreamMap] = module.STREAM_MAPS
+    declarative = settings.mappings.get(name, {})
+    if settings.pipelines:
+        declare_pipelines(db, settings.pipelines, BUILTIN_MAPPINGS)
+    maps: dict[str, StreamMap] = {}
+    if not declarative or has_default_mapping(cls):
+        if not has_default_mapping(cls):
+            raise ConfigError(
+                f"connector {name!r} (type {cls.type_name}) has no default mapping: map its "
+                f"streams with [[mappings.{name}.STREAM]] tables (see docs/migrations.md)"
+            )
+        module = mapping_module(cls)
+        db.declare(*module.SCHEMAS)
+        maps.update(module.STREAM_MAPS)
     connector = cls(name, csettings, session=session)
+    for stream, tables in declarative.items():
+        if stream not in connector.streams:
+            raise ConfigError(
+                f"mappings.{name}.{stream}: connector {name!r} has no stream {stream!r} "
+                f"(streams: {', '.join(connector.streams)})"
+            )
+        maps[stream] = stream_map(db, name, stream, tables, connector.stream(stream).model)
     mappers = {}
     for stream in connector.streams:
         if stream not in maps or not connector.stream_settings(stream).enabled:
@@ -122,11 +152,18 @@ def sync(
     force_delete: bool = False,
     progress: Progress | None = None,
     db: Database | None = None,
+    stop: threading.Event | None = None,
+    kind: str = "sync",
+    populated: list[Any] | None = None,
 ) -> list[SyncReport]:
     """Sync the selected connectors (all by default); one report per connector.
 
     ``select`` items are connector names or ``name.stream``. With ``dry_run`` everything runs
-    inside one transaction that is rolled back: the reports say what would change.
+    inside one transaction that is rolled back: the reports say what would change. When
+    ``stop`` is set, the running engine stops between batches and later connectors are skipped.
+    After a real sync, ``[populate]`` with ``after_sync`` consumes the change outbox and
+    recomputes what changed (:func:`populate_after_sync`); its report is appended to
+    ``populated`` when a list is given.
     """
     selection = parse_selection(settings, select)
     own_db = db is None
@@ -134,7 +171,10 @@ def sync(
     reports = []
     try:
         for name, streams in selection.items():
+            if stop is not None and stop.is_set():
+                break
             prepared = prepare(settings, database, name, progress=progress)
+            prepared.engine.stop = stop
             if streams is not None:
                 unknown = sorted(set(streams) - set(prepared.engine.mappers))
                 if unknown:
@@ -146,10 +186,40 @@ def sync(
                 prepared.connector.open()
                 reports.append(
                     prepared.engine.run(
-                        streams=streams, full=full, dry_run=dry_run, force_delete=force_delete
+                        streams=streams,
+                        full=full,
+                        dry_run=dry_run,
+                        force_delete=force_delete,
+                        kind=kind,
                     )
                 )
+        if not dry_run and reports and not (stop is not None and stop.is_set()):
+            result = populate_after_sync(settings, database)
+            if result is not None and populated is not None:
+                populated.append(result)
     finally:
         if own_db:
             database.dispose()
     return reports
+
+
+def populate_after_sync(settings: Settings, db: Database) -> Any:
+    """Hand the change outbox to populate (``[populate] after_sync``); None when not configured.
+
+    Returns a :class:`limsync.pipeline.populate.PopulateReport`: what was recomputed and made.
+    """
+    cfg = settings.populate
+    if not cfg.after_sync or not (cfg.tables or cfg.datajoint.tables):
+        return None
+    from limsync.pipeline.populate import after_sync, load_tables
+
+    report = after_sync(
+        db,
+        load_tables(cfg.tables),
+        workers=cfg.workers,
+        reservation_timeout=cfg.reservation_timeout,
+        datajoint=cfg.datajoint,
+    )
+    for t in report.tables:
+        log.info("populate %s: %d made, %d failed", t.table, t.made, t.failed)
+    return report

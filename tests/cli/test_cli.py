@@ -308,6 +308,15 @@ def test_missing_config_file(tmp_path: Path) -> None:
     assert "nope.toml" in one_line_error(result)
 
 
+def test_error_messages_keep_square_brackets(tmp_path: Path) -> None:
+    """Messages name TOML places like [[schedule]]: they are text, never rich markup."""
+    config = tmp_path / "limsync.toml"
+    config.write_text("[[schedule]]\nselect = 'alyx'\n", encoding="utf-8")
+    result = invoke("runs", "--config", str(config))
+    assert result.exit_code == 2
+    assert "schedule[0]" in result.stderr and "interval or cron" in result.stderr
+
+
 def test_python_dash_m_runs_the_cli() -> None:
     import subprocess
     import sys

@@ -1,0 +1,125 @@
+"""The daemon's schedule: jobs from settings, triggers, configuration errors at start, status."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from limsync.cli.main import cli
+from limsync.config.settings import ScheduleEntry, Settings
+from limsync.errors import ConfigError
+from limsync.pipeline import state
+from limsync.pipeline.database import Database
+from limsync.sync.scheduler import Daemon, build_trigger, job_specs, next_runs
+
+ALYX = {"type": "alyx", "base_url": "http://127.0.0.1:9", "username": "u", "password": "p"}
+NOW = dt.datetime(2025, 3, 1, 12, 0, 30, tzinfo=dt.UTC)
+
+
+def settings(tmp_path: Path, schedule: list[dict[str, Any]], **extra: Any) -> Settings:
+    return Settings(database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
+                    connectors={"alyx": ALYX}, schedule=schedule, **extra)  # fmt: skip
+
+
+def test_entries_become_jobs(tmp_path: Path) -> None:
+    s = settings(tmp_path, [{"select": "alyx", "cron": "0 2 * * *"},
+                            {"select": "alyx.sessions", "interval": "15m",
+                             "mode": "incremental"}])  # fmt: skip
+    specs = job_specs(s)
+    assert [(j.connector, j.streams, j.entry.mode) for j in specs] == [
+        ("alyx", None, "full"), ("alyx", ["sessions"], "incremental")
+    ]  # fmt: skip
+    assert specs[1].label == "alyx.sessions (incremental, every 15m)"
+
+
+def test_an_unknown_connector_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"schedule\[0\].*unknown connector 'pyrat'"):
+        job_specs(settings(tmp_path, [{"select": "pyrat", "interval": "1h"}]))
+
+
+@pytest.mark.parametrize(
+    "entry, problem",
+    [({"select": "alyx", "interval": "15 minutes"}, "not a duration"),
+     ({"select": "alyx", "cron": "61 * * * *"}, "not a cron expression"),
+     ({"select": "alyx"}, "exactly one of interval or cron")],
+)  # fmt: skip
+def test_bad_triggers_fail_validation(entry: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        ScheduleEntry.model_validate(entry)
+
+
+def test_cron_fires_in_utc_and_intervals_count_from_the_last_run() -> None:
+    cron = build_trigger(ScheduleEntry(select="alyx", cron="0 2 * * *"), now=NOW)
+    assert cron.get_next_fire_time(None, NOW) == dt.datetime(2025, 3, 2, 2, tzinfo=dt.UTC)
+    entry = ScheduleEntry(select="alyx", interval="15m")
+    fresh = build_trigger(entry, now=NOW)
+    assert fresh.get_next_fire_time(None, NOW) == NOW  # never ran: at once
+    recent = build_trigger(entry, last_start=NOW - dt.timedelta(minutes=5), now=NOW)
+    assert recent.get_next_fire_time(None, NOW) == NOW + dt.timedelta(minutes=10)
+    overdue = build_trigger(entry, last_start=NOW - dt.timedelta(hours=5), now=NOW)
+    assert overdue.get_next_fire_time(None, NOW) == NOW
+
+
+def test_config_errors_stop_the_daemon_at_start(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no schedule entries"):
+        Daemon(settings(tmp_path, [])).check()
+    bad_stream = settings(tmp_path, [{"select": "alyx.nothing", "interval": "1h"}])
+    with pytest.raises(ConfigError, match="has no stream\\(s\\) nothing"):
+        Daemon(bad_stream).check()
+    health = settings(tmp_path, [{"select": "alyx", "interval": "1h"}],
+                      daemon={"health_max_age_by_connector": {"pyrat": "1h"}})  # fmt: skip
+    with pytest.raises(ConfigError, match="pyrat not scheduled"):
+        Daemon(health).check()
+    hook = settings(tmp_path, [{"select": "alyx", "interval": "1h"}],
+                    alerts={"webhook_url": "ftp://x"})  # fmt: skip
+    with pytest.raises(ConfigError, match="webhook_url"):
+        Daemon(hook).check()
+
+
+def test_the_cli_reports_a_config_error_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "limsync.toml"
+    config.write_text(f'database_url = "sqlite:///{tmp_path / "x.db"}"\n', encoding="utf-8")
+    result = CliRunner().invoke(cli, ["daemon", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "no schedule entries" in result.output
+
+
+def test_status_shows_next_run_and_staleness_and_runs_filter(tmp_path: Path) -> None:
+    s = settings(tmp_path, [{"select": "alyx", "interval": "1h"}])
+    db = Database(s.database_url)
+    try:
+        ok = state.start_run(db, "alyx", "sync", "full")
+        state.finish_run(db, ok, "success", {"read": 3, "new": 3})
+        bad = state.start_run(db, "alyx", "populate", "full")
+        state.finish_run(db, bad, "failed", {}, "PopulateError: x")
+        rows = next_runs(s, db)
+        assert rows[0]["next_run"] is not None
+    finally:
+        db.dispose()
+    config = tmp_path / "limsync.toml"
+    config.write_text(
+        f'database_url = "{s.database_url}"\n[connectors.alyx]\n'
+        + "".join(f'{k} = "{v}"\n' for k, v in ALYX.items())
+        + '[[schedule]]\nselect = "alyx"\ninterval = "1h"\n',
+        encoding="utf-8",
+    )
+    runner = CliRunner()
+    status = runner.invoke(cli, ["status", "--config", str(config), "--json"])
+    assert status.exit_code == 0, status.output
+    row = json.loads(status.stdout)[0]
+    assert row["next_run"] and row["stale_seconds"] is not None
+    assert row["populate_backlog"] == {"outbox": 0}
+    table = runner.invoke(cli, ["status", "--config", str(config)])
+    assert table.exit_code == 0 and "alyx" in table.output
+    runs = runner.invoke(cli, ["runs", "--config", str(config), "--json", "--kind", "populate",
+                               "--since", "1h"])  # fmt: skip
+    assert runs.exit_code == 0, runs.output
+    assert [r["run_id"] for r in json.loads(runs.stdout)] == [bad]
+    later = runner.invoke(cli, ["runs", "--config", str(config), "--json",
+                                "--since", "2999-01-01"])  # fmt: skip
+    assert json.loads(later.stdout) == []
