@@ -98,7 +98,9 @@ def child(args: argparse.Namespace) -> None:
         print(json.dumps(line), flush=True)
         if profiler:
             out = io.StringIO()
-            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(args.top)
+            pstats.Stats(profiler, stream=out).sort_stats(
+                os.environ.get("SORT", "tottime")
+            ).print_stats(args.top)
             print(out.getvalue(), file=sys.stderr)
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+import operator
 import re
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -121,9 +122,13 @@ class TableSpec:
     database_schema: str | None = None  # exact database/schema name, bypassing the prefix
     declared: bool = True  # False for reflected tables: never created or altered by limsync
     _by_name: dict[str, ColumnSpec] = field(default_factory=dict, init=False, repr=False)
+    _key_getter: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._by_name = {c.name: c for c in self.columns}
+        # key_of runs for every row of every sync: one C-level itemgetter, not a generator.
+        getter = operator.itemgetter(*self.primary_key) if self.primary_key else None
+        self._key_getter = getter
 
     @property
     def qualname(self) -> str:
@@ -148,7 +153,12 @@ class TableSpec:
 
     def key_of(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
         """The primary-key tuple of a row."""
-        return tuple(row[k] for k in self.primary_key)
+        getter = self._key_getter
+        if getter is None:
+            return ()
+        if len(self.primary_key) == 1:
+            return (getter(row),)
+        return getter(row)  # type: ignore[no-any-return]
 
     def key_dict(self, key: Sequence[Any]) -> dict[str, Any]:
         """A key tuple as a dict."""

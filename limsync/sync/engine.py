@@ -527,8 +527,13 @@ class SyncEngine:
     ) -> None:
         with contextlib.ExitStack() as stack:
             conn = dry_conn or stack.enter_context(self.db.engine.connect())
-            known = dict(ledger.known_keys(conn, self.st, self.name, name))
-        missing = [k for k in known if k not in seen]
+            # Streamed: only the keys missing from this scan are kept, not the whole ledger.
+            total = 0
+            missing: dict[str, str] = {}
+            for ktext, state in ledger.known_keys(conn, self.st, self.name, name):
+                total += 1
+                if ktext not in seen:
+                    missing[ktext] = state
         if not missing:
             return
         stream = self.connector.stream(name)
@@ -544,15 +549,15 @@ class SyncEngine:
         if policy == "ignore":
             return
         if policy == "flag":
-            newly = [k for k in gone if known.get(k) == "present"]
+            newly = [k for k in gone if missing.get(k) == "present"]
             if newly:
                 with self._batch_tx(dry_conn) as conn:
                     ledger.mark(conn, self.st, self.name, name, newly, "gone", run_id)
             return
         threshold = self.connector.stream_settings(name).delete_threshold
-        if not force and len(gone) > threshold * len(known):
+        if not force and len(gone) > threshold * total:
             raise DeleteRefusedError(
-                f"stream {self.name}.{name}: {len(gone)} of {len(known)} records are gone at "
+                f"stream {self.name}.{name}: {len(gone)} of {total} records are gone at "
                 f"the source, above the delete threshold of {threshold:.0%}; nothing was deleted "
                 "(check the source, then rerun with --force to delete them)"
             )

@@ -218,9 +218,27 @@ def resolve_lookups(
 
 
 def key_json(key: Sequence[Any]) -> list[Any]:
-    """A key tuple as JSON-able values (uuid, dates and decimals as strings)."""
-    values: list[Any] = json.loads(json.dumps(list(key), default=str))
-    return values
+    """A key tuple as JSON-able values (uuid, dates and decimals as strings).
+
+    The same values as ``json.loads(json.dumps(list(key), default=str))``, without the round
+    trip: every row written needs one.
+    """
+    return [_json_value(v) for v in key]
+
+
+def _json_value(v: Any) -> Any:
+    t = type(v)
+    if v is None or t is str or t is int or t is float or t is bool:
+        return v
+    if isinstance(v, str):
+        return str.__str__(v)  # a str enum: its value, as json.dumps writes it
+    if isinstance(v, int):
+        return int(v)
+    if isinstance(v, float):
+        return float(v)
+    if isinstance(v, list | tuple | dict):
+        return json.loads(json.dumps(v, default=str))
+    return str(v)
 
 
 @functools.cache
