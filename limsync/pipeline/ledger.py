@@ -118,6 +118,15 @@ def key_text(key: Sequence[Any]) -> str:
     return "[" + ",".join([_key_part(v) for v in key]) + "]"
 
 
+def targets_text(targets: Iterable[tuple[str, Sequence[Any]]]) -> str:
+    """(table, key) pairs as the ledger stores them: ``[["schema.table",[key...]],...]``.
+
+    The text of ``json.dumps`` with ``default=str``, built from :func:`key_text`.
+    """
+    parts = [f"[{encode_basestring_ascii(table)},{key_text(key)}]" for table, key in targets]
+    return "[" + ",".join(parts) + "]"
+
+
 def _select_sql(conn: sa.Connection, st: StateTables, columns: str, n: int) -> str:
     p = "?" if conn.dialect.name == "sqlite" else "%s"
     table = conn.dialect.identifier_preparer.format_table(st.ledger)
@@ -156,16 +165,19 @@ def record(
     st: StateTables,
     connector: str,
     stream: str,
-    entries: Iterable[tuple[str, str, list[tuple[str, list[Any]]]]],
+    entries: Iterable[tuple[str, str, Sequence[tuple[str, Sequence[Any]]]]],
     run_id: int,
     existing: set[str],
 ) -> None:
-    """Write (key, hash, targets) entries as present; ``existing`` keys are updated in place."""
+    """Write (key, hash, targets) entries as present; ``existing`` keys are updated in place.
+
+    ``targets`` are the (table, primary-key tuple) rows the record produced.
+    """
     now = _timestamp(conn)
     new: list[tuple[Any, ...]] = []
     changed: list[tuple[Any, ...]] = []
     for key, h, targets in entries:
-        text = json.dumps(targets, default=str, separators=(",", ":"))
+        text = targets_text(targets)
         if key in existing:
             changed.append((h, text, now, run_id, connector, stream, key))
         else:

@@ -466,29 +466,23 @@ class SyncEngine:
         for item in items:
             if item.old is None:
                 continue
-            now = {(s.qualname, ledger.key_text(key_json(s.key_of(r)))) for s, r in item.rows}
+            now = {(s.qualname, ledger.key_text(s.key_of(r))) for s, r in item.rows}
             for table, key in item.old.targets:
                 if (table, ledger.key_text(key)) not in now:
                     stale.setdefault(table, []).append(tuple(key))
         for table, keys in stale.items():
             self._delete_rows(conn, table, keys, sr, run_id)
         for cs in changes:
-            ledger.emit(
-                conn, self.st, cs.table, (key_json(k) for k in cs.inserted), "insert", run_id
-            )
-            ledger.emit(
-                conn, self.st, cs.table, (key_json(k) for k in cs.updated), "update", run_id
-            )
+            # Keys go in as they are: their key text is that of their JSON values.
+            ledger.emit(conn, self.st, cs.table, cs.inserted, "insert", run_id)
+            ledger.emit(conn, self.st, cs.table, cs.updated, "update", run_id)
             sr.add_table(cs)
         ledger.record(
             conn,
             self.st,
             self.name,
             name,
-            [
-                (i.ktext, i.hash, [(s.qualname, key_json(s.key_of(r))) for s, r in i.rows])
-                for i in items
-            ],
+            [(i.ktext, i.hash, [(s.qualname, s.key_of(r)) for s, r in i.rows]) for i in items],
             run_id,
             existing={i.ktext for i in items if i.old is not None},
         )

@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from limsync.pipeline.ledger import key_text
+from limsync.pipeline.ledger import key_text, targets_text
 
 
 class Colour(enum.StrEnum):
@@ -49,3 +49,11 @@ def test_key_text_of_unusual_parts() -> None:
         (uuid.UUID(int=5), dt.datetime(2026, 1, 2, 3, 4, 5, 6), decimal.Decimal("1.50")),
     ]:
         assert key_text(key) == reference(key)
+
+
+@given(st.lists(st.tuples(st.text(), st.lists(parts, min_size=1, max_size=3)), max_size=3))
+def test_targets_text_is_the_json_of_the_pairs(pairs: list[tuple[str, list[Any]]]) -> None:
+    as_json = [(table, json.loads(reference(tuple(key)))) for table, key in pairs]
+    expected = json.dumps(as_json, separators=(",", ":"), default=str)
+    assert targets_text(pairs) == expected
+    assert json.loads(targets_text(pairs)) == json.loads(expected)
