@@ -146,21 +146,9 @@ def check(config_path: Path | None, as_json: bool) -> None:
 @handle_errors
 def discover(config_path: Path | None, as_json: bool) -> None:
     """List each connector's streams and the pipeline tables they write."""
-    from limsync.connectors import registry
-    from limsync.sync.runner import mapping_module
+    from limsync.sync import admin
 
-    settings = load_settings(config_path)
-    rows: list[dict[str, Any]] = []
-    for name in settings.connectors:
-        cls = registry.get(settings.connector_settings(name).type)
-        maps = mapping_module(cls).STREAM_MAPS
-        for stream in cls.streams.values():
-            smap = maps.get(stream.name)
-            rows.append({
-                "connector": name, "stream": stream.name, "path": stream.path,
-                "key": list(stream.key), "cursor": stream.cursor.field if stream.cursor else None,
-                "tables": [s.qualname for s in smap.specs] if smap else [],
-            })  # fmt: skip
+    rows = admin.discover(load_settings(config_path))
     if as_json:
         echo_json(rows)
         return

@@ -18,7 +18,35 @@ from limsync.errors import ConfigError
 from limsync.pipeline import state
 from limsync.pipeline.database import Database
 from limsync.sync.report import StreamReport, SyncReport
-from limsync.sync.runner import prepare
+from limsync.sync.runner import has_default_mapping, mapping_module, prepare
+
+
+def discover(settings: Settings) -> list[dict[str, Any]]:
+    """Each configured connector's streams (class-declared or defined by its settings), with
+    the tables they write: the default mapping's, or the configuration's ``[[mappings]]``."""
+    from limsync.connectors import registry
+
+    rows: list[dict[str, Any]] = []
+    for name in settings.connectors:
+        csettings = settings.connector_settings(name)
+        cls = registry.get(csettings.type)
+        streams = (
+            cls.instance_streams_of(csettings, name=name) if cls.instance_streams else cls.streams
+        )
+        maps = mapping_module(cls).STREAM_MAPS if has_default_mapping(cls) else {}
+        declared = settings.mappings.get(name, {})
+        for stream in streams.values():
+            smap = maps.get(stream.name)
+            if stream.name in declared:  # the configuration's mappings replace the default
+                tables = [t.table for t in declared[stream.name]]
+            else:
+                tables = [s.qualname for s in smap.specs] if smap else []
+            rows.append({
+                "connector": name, "stream": stream.name, "path": stream.path,
+                "key": list(stream.key), "cursor": stream.cursor.field if stream.cursor else None,
+                "tables": tables,
+            })  # fmt: skip
+    return rows
 
 
 def status(db: Database, settings: Settings) -> list[dict[str, Any]]:

@@ -201,6 +201,12 @@ def test_cli_migrate(tmp_path: Path) -> None:
         assert [s["stream"] for s in data["connectors"][0]["streams"]] == ["labs"]
         bad = runner.invoke(cli, ["migrate", "--config", str(path), "legacy.animals"])
         assert bad.exit_code == 2 and "no mapped stream(s) animals" in bad.output
+        # discover shows the streams the settings define and the tables the mappings write
+        found = runner.invoke(cli, ["discover", "--config", str(path), "--json"])
+        assert found.exit_code == 0, found.output
+        streams = {r["stream"]: r for r in json.loads(found.output)}
+        assert "labs" in streams and streams["labs"]["tables"]
+        assert all(r["connector"] == "legacy" for r in streams.values())
     finally:
         db.dispose()
 
