@@ -22,11 +22,13 @@ import datetime as dt
 import json
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
 
+from limsync.errors import DatabaseError
 from limsync.pipeline.database import Database
 
 SCHEMA_VERSION = 2
@@ -187,7 +189,28 @@ def current_version(db: Database) -> int:
 
 
 def upgrade(db: Database) -> tuple[int, int]:
-    """Create or migrate the bookkeeping tables; returns (version before, version after)."""
+    """Create or migrate the bookkeeping tables; returns (version before, version after).
+
+    Safe when several processes start on a fresh database at once (two daemons, a daemon and
+    a manual run): the loser of a race on a table or the version row sees the winner's work
+    on its next attempt and finds nothing left to do.
+    """
+    for attempt in range(5):
+        try:
+            return _upgrade_once(db)
+        except (sa.exc.DBAPIError, DatabaseError) as exc:
+            if attempt == 4 or not _lost_a_race(exc):
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _lost_a_race(exc: Exception) -> bool:
+    text = str(exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc).lower()
+    return any(s in text for s in ("already exists", "duplicate", "unique constraint", "deadlock"))
+
+
+def _upgrade_once(db: Database) -> tuple[int, int]:
     st = state_tables(db)
     before = current_version(db)
     if before >= SCHEMA_VERSION:
