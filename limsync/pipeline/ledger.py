@@ -6,9 +6,11 @@ outbox commit in one transaction (see :mod:`limsync.pipeline.state` for the tabl
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
-from collections.abc import Iterable, Iterator, Sequence
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from typing import Any
@@ -25,13 +27,6 @@ def _chunks(keys: Sequence[str]) -> Iterator[Sequence[str]]:
         yield keys[start : start + CHUNK]
 
 
-_LEDGER_COLUMNS = (
-    "connector", "stream", "source_key", "content_hash", "state", "targets", "first_seen",
-    "last_changed", "run_id",
-)  # fmt: skip
-_OUTBOX_COLUMNS = ("table_name", "row_key", "change", "run_id", "created_at")
-
-
 def _marker(conn: sa.Connection) -> str:
     return "?" if conn.dialect.name == "sqlite" else "%s"
 
@@ -46,21 +41,51 @@ def _timestamp(conn: sa.Connection) -> Any:
     return now.strftime("%Y-%m-%d %H:%M:%S.%f") if conn.dialect.name == "sqlite" else now
 
 
+# Values written into SQL text as literals: identifiers, qualified table names, timestamps.
+_SAFE_LITERAL = re.compile(r"[\w.#:+~ -]*", re.ASCII)
+
+
+def _literal(value: Any) -> str | None:
+    """``value`` as a SQL literal when it is plainly safe to inline, else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, dt.datetime):
+        value = value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(value, str) and _SAFE_LITERAL.fullmatch(value):
+        return f"'{value}'"
+    return None
+
+
 def _insert_many(
-    conn: sa.Connection, table: sa.Table, columns: Sequence[str], rows: list[tuple[Any, ...]]
+    conn: sa.Connection,
+    table: sa.Table,
+    columns: Sequence[str],
+    rows: list[tuple[Any, ...]],
+    constants: Mapping[str, Any],
 ) -> None:
-    """One executemany of plain tuples, values in the order of ``columns``.
+    """One executemany of plain tuples (values in the order of ``columns``), plus ``constants``
+    (the same for every row) written once into the statement.
 
     The ledger and the outbox get a row per record of every batch: SQLAlchemy's per-row
-    parameter processing would cost more than the insert itself.
+    parameter processing would cost more than the insert itself, and so would escaping the
+    same run id, stream and timestamp again for every row (PyMySQL does that in Python).
     """
     p = _marker(conn)
     quote = conn.dialect.identifier_preparer.quote  # "change" is a reserved word in MySQL
+    names = list(columns)
+    values = [p] * len(columns)
+    extra: list[Any] = []
+    for name, value in constants.items():
+        names.append(name)
+        literal = _literal(value)
+        values.append(literal if literal is not None else p)
+        if literal is None:
+            extra.append(value)
     sql = (
-        f"INSERT INTO {_name(conn, table)} ({', '.join(quote(c) for c in columns)}) "  # noqa: S608
-        f"VALUES ({', '.join([p] * len(columns))})"
+        f"INSERT INTO {_name(conn, table)} ({', '.join(quote(c) for c in names)}) "  # noqa: S608
+        f"VALUES ({', '.join(values)})"
     )
-    conn.exec_driver_sql(sql, rows)
+    conn.exec_driver_sql(sql, [(*row, *extra) for row in rows] if extra else rows)
 
 
 def _delete_keys(
@@ -181,9 +206,13 @@ def record(
         if key in existing:
             changed.append((h, text, now, run_id, connector, stream, key))
         else:
-            new.append((connector, stream, key, h, "present", text, now, now, run_id))
+            new.append((key, h, text))
     if new:
-        _insert_many(conn, st.ledger, _LEDGER_COLUMNS, new)
+        constants = {
+            "connector": connector, "stream": stream, "state": "present", "first_seen": now,
+            "last_changed": now, "run_id": run_id,
+        }  # fmt: skip
+        _insert_many(conn, st.ledger, ("source_key", "content_hash", "targets"), new, constants)
     if changed:
         p = _marker(conn)
         q = conn.dialect.identifier_preparer.quote
@@ -275,10 +304,13 @@ def emit(
     run_id: int,
 ) -> int:
     """Queue changed keys of a table for downstream recompute; returns how many."""
-    now = _timestamp(conn)
-    rows = [(table, key_text(k), change, run_id, now) for k in keys]
+    rows = [(key_text(k),) for k in keys]
     if rows:
-        _insert_many(conn, st.outbox, _OUTBOX_COLUMNS, rows)
+        constants = {
+            "table_name": table, "change": change, "run_id": run_id,
+            "created_at": _timestamp(conn),
+        }  # fmt: skip
+        _insert_many(conn, st.outbox, ("row_key",), rows, constants)
     return len(rows)
 
 

@@ -9,9 +9,12 @@ import json
 import uuid
 from typing import Any
 
+import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
 
+from limsync.pipeline import ledger, state
+from limsync.pipeline.database import Database
 from limsync.pipeline.ledger import key_text, targets_text
 
 
@@ -57,3 +60,17 @@ def test_targets_text_is_the_json_of_the_pairs(pairs: list[tuple[str, list[Any]]
     expected = json.dumps(as_json, separators=(",", ":"), default=str)
     assert targets_text(pairs) == expected
     assert json.loads(targets_text(pairs)) == json.loads(expected)
+
+
+def test_constants_that_are_not_plain_names_travel_as_parameters(db: Database) -> None:
+    """Per-batch constants are inlined only when plainly safe; anything else is a parameter."""
+    st = state.ensure(db)
+    odd = "o'brien\\; DROP TABLE x"
+    with db.transaction() as conn:
+        assert ledger.emit(conn, st, odd, [("a",), (uuid.UUID(int=1),)], "update", 7) == 2
+        ledger.record(conn, st, odd, "s", [('["k"]', "h" * 32, [("t.x", (1,))])], 7, set())
+    with db.engine.connect() as conn:
+        rows = conn.execute(sa.select(st.outbox.c.table_name, st.outbox.c.row_key)).all()
+        entries = ledger.lookup(conn, st, odd, "s", ['["k"]'])
+    assert sorted(rows) == [(odd, '["00000000-0000-0000-0000-000000000001"]'), (odd, '["a"]')]
+    assert entries['["k"]'].targets == [("t.x", [1])]
