@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
@@ -81,11 +82,29 @@ def _insert_many(
         values.append(literal if literal is not None else p)
         if literal is None:
             extra.append(value)
-    sql = (
-        f"INSERT INTO {_name(conn, table)} ({', '.join(quote(c) for c in names)}) "  # noqa: S608
-        f"VALUES ({', '.join(values)})"
-    )
-    conn.exec_driver_sql(sql, [(*row, *extra) for row in rows] if extra else rows)
+    head = f"INSERT INTO {_name(conn, table)} ({', '.join(quote(c) for c in names)}) VALUES "  # noqa: S608
+    template = f"({', '.join(values)})"
+    params = [(*row, *extra) for row in rows] if extra else rows
+    if conn.dialect.name != "mysql":
+        conn.exec_driver_sql(head + template, params)
+        return
+    # PyMySQL rewrites executemany into one multi-row INSERT only when the VALUES clause holds
+    # nothing but placeholders; with literals in it, it would send one statement per row.
+    for part in _packets(params):
+        conn.exec_driver_sql(head + ", ".join([template] * len(part)), tuple(chain(*part)))
+
+
+def _packets(rows: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
+    """Rows in groups whose statement stays far below MySQL's max_allowed_packet."""
+    start, size = 0, 0
+    for i, row in enumerate(rows):
+        n = sum(2 * len(v) + 8 if isinstance(v, str) else 24 for v in row)
+        if i > start and (size + n > 4_000_000 or i - start >= 2000):
+            yield rows[start:i]
+            start, size = i, 0
+        size += n
+    if start < len(rows):
+        yield rows[start:]
 
 
 def _delete_keys(
