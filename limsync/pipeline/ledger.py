@@ -361,6 +361,15 @@ def quarantine(
     conn.execute(t.insert(), list(rows.values()))
 
 
+def has_quarantine(conn: sa.Connection, st: StateTables, connector: str, stream: str) -> bool:
+    """Whether a stream has any quarantined records."""
+    q = st.quarantine
+    query = (
+        sa.select(sa.literal(1)).where(q.c.connector == connector, q.c.stream == stream).limit(1)
+    )
+    return conn.execute(query).first() is not None
+
+
 def release_quarantine(
     conn: sa.Connection, st: StateTables, connector: str, stream: str, keys: Sequence[str]
 ) -> None:

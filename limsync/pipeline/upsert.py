@@ -298,10 +298,14 @@ def missing_parents(
     rows: Sequence[Mapping[str, Any]],
     *,
     encoded: bool = False,
+    cache: dict[str, set[Key]] | None = None,
 ) -> list[tuple[int, MissingParentError]]:
     """Rows whose referenced parent rows do not exist: one query per foreign key and batch.
 
-    ``rows`` are validated rows, or parameter-encoded ones with ``encoded=True``.
+    ``rows`` are validated rows, or parameter-encoded ones with ``encoded=True``. ``cache``
+    (parent table -> encoded keys known to exist) saves asking again for parents an earlier,
+    committed batch found; the caller must only pass it for parent tables that nothing
+    uncommitted writes, and drop it when it deletes rows.
     """
     spec = _spec(table)
     problems: dict[int, MissingParentError] = {}
@@ -319,9 +323,13 @@ def missing_parents(
             wanted.setdefault(vals, []).append(i)
         if not wanted:
             continue
-        found = _existing_keys(db, conn, parent, fk.parent_columns, list(wanted))
+        known = cache.setdefault(fk.parent, set()) if cache is not None else set()
+        ask = [k for k in wanted if k not in known]
+        found = _existing_keys(db, conn, parent, fk.parent_columns, ask) if ask else set()
+        if cache is not None:
+            known.update(k for k in ask if k in found)
         for vals, indexes in wanted.items():
-            if vals in found:
+            if vals in found or vals in known:
                 continue
             for i in indexes:
                 key = _readable(db, spec, rows[i], spec.primary_key, encoded)

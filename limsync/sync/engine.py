@@ -110,6 +110,10 @@ class SyncEngine:
         self.progress = progress
         self.stop = stop
         self.st = state.ensure(db)
+        # Streams with quarantine entries: only those pay for releasing records that landed.
+        self._open_quarantine: dict[str, bool] = {}
+        # Parent keys found by committed batches of this engine (see missing_parents' cache).
+        self._parents: dict[str, set[Key]] = {}
         # Called with (stream, [(key, stage, error, raw), ...]) after each batch that set records
         # aside, dry runs included: how `limsync migrate` reports what a dry run would reject.
         self.on_quarantine: Callable[[str, list[tuple[str, str, str, Any]]], None] | None = None
@@ -235,6 +239,8 @@ class SyncEngine:
         with contextlib.ExitStack() as stack:
             conn = dry_conn or stack.enter_context(self.db.engine.connect())
             cursor = ledger.get_cursor(conn, self.st, self.name, name)
+            self._open_quarantine[name] = ledger.has_quarantine(conn, self.st, self.name, name)
+        self._parents.clear()  # known parents are kept within one stream's read only
         seen: set[str] = set()
         max_cursor = cursor
 
@@ -365,8 +371,11 @@ class SyncEngine:
             ledger.quarantine(conn, self.st, self.name, name, quarantined, run_id)
             # A key both landed and quarantined in one batch is a duplicate: keep its entry.
             held = {k for k, _, _, _ in quarantined}
-            released = [i.ktext for i in landed if i.ktext not in held]
-            ledger.release_quarantine(conn, self.st, self.name, name, released)
+            if quarantined:
+                self._open_quarantine[name] = True
+            if self._open_quarantine.get(name, True):
+                released = [i.ktext for i in landed if i.ktext not in held]
+                ledger.release_quarantine(conn, self.st, self.name, name, released)
             if new_cursor is not None:
                 ledger.set_cursor(conn, self.st, self.name, name, new_cursor)
         sr.quarantined += len(quarantined)
@@ -447,10 +456,15 @@ class SyncEngine:
                 specs[spec.qualname] = spec
         bad: dict[int, tuple[_Item, Exception]] = {}
         changes: list[ChangeSet] = []
+        writing = set(specs)
+        if sum(len(v) for v in self._parents.values()) > 1_000_000:
+            self._parents.clear()  # bounded memory on very large syncs
         for spec in load_order(specs.values()):
             pairs = [(i, r) for i, r in by_table[spec.qualname] if id(i) not in bad]
             rows = [r for _, r in pairs]
-            for idx, err in missing_parents(self.db, conn, spec, rows):
+            # Parents this batch writes too are not cached: the batch may still roll back.
+            cache = None if writing & self._parent_tables(spec) else self._parents
+            for idx, err in missing_parents(self.db, conn, spec, rows, cache=cache):
                 item = pairs[idx][0]
                 bad.setdefault(id(item), (item, err))
             if bad:
@@ -493,6 +507,10 @@ class SyncEngine:
                 sr.changed += 1
         return []
 
+    @staticmethod
+    def _parent_tables(spec: TableSpec) -> set[str]:
+        return {fk.parent for fk in spec.foreign_keys}
+
     def _delete_rows(
         self,
         conn: sa.Connection,
@@ -501,6 +519,7 @@ class SyncEngine:
         sr: StreamReport,
         run_id: int,
     ) -> None:
+        self._parents.clear()  # a deleted row may be a cached parent
         spec = self.db.spec(table)
         typed = [key_from_json(spec, k) for k in keys]
         plan = cascade.delete(self.db, conn, spec, typed)
