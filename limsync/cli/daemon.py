@@ -27,7 +27,8 @@ def daemon(config_path: Path | None, check_only: bool) -> None:
     The first signal lets the running batch commit and exits 0; a second one stops at once,
     rolling the open batch back. Serves /metrics and /healthz on [daemon] metrics_address.
     """
-    from limsync.sync.scheduler import Daemon, next_runs
+    from limsync.sync.schedule import next_runs
+    from limsync.sync.scheduler import Daemon
 
     settings = load_settings(config_path)
     register_settings_secrets(settings)

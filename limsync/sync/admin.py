@@ -53,7 +53,7 @@ def status(db: Database, settings: Settings) -> list[dict[str, Any]]:
     """Per configured connector: last run, last success, staleness (seconds since the last
     success), next scheduled run (from ``[[schedule]]``, no daemon needed), open quarantine,
     outbox backlog and populate backlog per table."""
-    from limsync.sync.scheduler import next_runs, populate_backlog
+    from limsync.sync.schedule import next_runs, populate_backlog
 
     st = state.ensure(db)
     now = state.utcnow()

@@ -15,7 +15,8 @@ from limsync.config.settings import ScheduleEntry, Settings
 from limsync.errors import ConfigError
 from limsync.pipeline import state
 from limsync.pipeline.database import Database
-from limsync.sync.scheduler import Daemon, build_trigger, job_specs, next_runs
+from limsync.sync.schedule import build_trigger, job_specs, next_runs
+from limsync.sync.scheduler import Daemon
 
 ALYX = {"type": "alyx", "base_url": "http://127.0.0.1:9", "username": "u", "password": "p"}
 NOW = dt.datetime(2025, 3, 1, 12, 0, 30, tzinfo=dt.UTC)
