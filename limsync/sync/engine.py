@@ -21,7 +21,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
@@ -30,33 +29,20 @@ import sqlalchemy as sa
 
 from limsync.connectors.base import Connector, Key, ReadContext, Stream
 from limsync.errors import DeleteRefusedError, LimsyncError, LockHeldError, RowError
-from limsync.pipeline import cascade, ledger, state
+from limsync.pipeline import ledger, state
 from limsync.pipeline.database import Database
 from limsync.pipeline.graph import build_graph, load_order
 from limsync.pipeline.locks import Lock
-from limsync.pipeline.tables import TableSpec
-from limsync.pipeline.upsert import ChangeSet, missing_parents, upsert, validate_row
+from limsync.pipeline.upsert import validate_row
 from limsync.sync import logcontext
-from limsync.sync.mapping import Mapper, key_from_json, key_json, resolve_lookups
+from limsync.sync.mapping import Mapper, resolve_lookups
 from limsync.sync.report import StreamReport, SyncReport
+from limsync.sync.writer import BatchWriter, Item
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 1000
 Progress = Callable[[str, int], None]
-
-
-@dataclass
-class _Item:
-    """One source record travelling through a batch."""
-
-    key: Key
-    ktext: str
-    raw: dict[str, Any]
-    record: pydantic.BaseModel
-    hash: str
-    old: ledger.LedgerEntry | None = None
-    rows: list[tuple[TableSpec, dict[str, Any]]] = field(default_factory=list)
 
 
 def content_hash(record: pydantic.BaseModel, volatile: set[str] | None) -> str:
@@ -112,8 +98,7 @@ class SyncEngine:
         self.st = state.ensure(db)
         # Streams with quarantine entries: only those pay for releasing records that landed.
         self._open_quarantine: dict[str, bool] = {}
-        # Parent keys found by committed batches of this engine (see missing_parents' cache).
-        self._parents: dict[str, set[Key]] = {}
+        self.writer = BatchWriter(db, self.st, connector.name)
         # Called with (stream, [(key, stage, error, raw), ...]) after each batch that set records
         # aside, dry runs included: how `limsync migrate` reports what a dry run would reject.
         self.on_quarantine: Callable[[str, list[tuple[str, str, str, Any]]], None] | None = None
@@ -240,7 +225,7 @@ class SyncEngine:
             conn = dry_conn or stack.enter_context(self.db.engine.connect())
             cursor = ledger.get_cursor(conn, self.st, self.name, name)
             self._open_quarantine[name] = ledger.has_quarantine(conn, self.st, self.name, name)
-        self._parents.clear()  # known parents are kept within one stream's read only
+        self.writer.forget_parents()  # known parents are kept within one stream's read only
         seen: set[str] = set()
         max_cursor = cursor
 
@@ -299,8 +284,8 @@ class SyncEngine:
         dry_conn: sa.Connection | None,
     ) -> None:
         quarantined: list[tuple[str, str, str, Any]] = []
-        items: list[_Item] = []
-        dupes: list[_Item] = []
+        items: list[Item] = []
+        dupes: list[Item] = []
         volatile = set(stream.volatile)  # once per batch, not per record
         for raw in raws:
             try:
@@ -311,16 +296,16 @@ class SyncEngine:
             key = stream.key_of(rec)
             ktext = ledger.key_text(key)
             if ktext in seen:  # unordered paging, or a key twice in an export: see _duplicates
-                dupes.append(_Item(key, ktext, raw, rec, content_hash(rec, volatile)))
+                dupes.append(Item(key, ktext, raw, rec, content_hash(rec, volatile)))
                 continue
             seen.add(ktext)
-            items.append(_Item(key, ktext, raw, rec, content_hash(rec, volatile)))
+            items.append(Item(key, ktext, raw, rec, content_hash(rec, volatile)))
         with contextlib.ExitStack() as stack:
             conn = dry_conn or stack.enter_context(self.db.engine.connect())
             keys = list(dict.fromkeys(i.ktext for i in [*items, *dupes]))
             entries = ledger.lookup(conn, self.st, self.name, name, keys, targets=False)
             self._duplicates(dupes, items, entries, sr, quarantined)
-            todo: list[_Item] = []
+            todo: list[Item] = []
             for item in items:
                 item.old = entries.get(item.ktext)
                 if (
@@ -340,7 +325,7 @@ class SyncEngine:
                     if item.old is not None:
                         item.old = full.get(item.ktext, item.old)
         mapper = self.mappers[name]
-        mapped: list[_Item] = []
+        mapped: list[Item] = []
         for item in todo:
             try:
                 item.rows = mapper.rows(item.record)
@@ -353,7 +338,7 @@ class SyncEngine:
             conn = dry_conn or stack.enter_context(self.db.engine.connect())
             problems = resolve_lookups(self.db, conn, [(spec, row) for _, spec, row in flat])
         unresolved = {id(flat[i][0]): msg for i, msg in problems.items()}
-        ready: list[_Item] = []
+        ready: list[Item] = []
         for item in mapped:
             if id(item) in unresolved:
                 quarantined.append((item.ktext, "reference", unresolved[id(item)], item.raw))
@@ -367,7 +352,7 @@ class SyncEngine:
         if not ready and not quarantined and new_cursor is None:
             return
         with self._batch_tx(dry_conn) as conn:
-            landed = self._write(conn, ready, quarantined, sr, run_id, name)
+            landed = self.writer.write(conn, ready, quarantined, sr, run_id, name)
             ledger.quarantine(conn, self.st, self.name, name, quarantined, run_id)
             # A key both landed and quarantined in one batch is a duplicate: keep its entry.
             held = {k for k, _, _, _ in quarantined}
@@ -384,8 +369,8 @@ class SyncEngine:
 
     def _duplicates(
         self,
-        dupes: list[_Item],
-        items: list[_Item],
+        dupes: list[Item],
+        items: list[Item],
         entries: Mapping[str, ledger.LedgerEntry],
         sr: StreamReport,
         quarantined: list[tuple[str, str, str, Any]],
@@ -407,125 +392,6 @@ class SyncEngine:
             at = f" at {here}" if here is not None else ""
             message = f"key {d.ktext} read again{at} with different content; the first one is used"
             quarantined.append((d.ktext, "duplicate", message, d.raw))
-
-    def _write(
-        self,
-        conn: sa.Connection,
-        items: list[_Item],
-        quarantined: list[tuple[str, str, str, Any]],
-        sr: StreamReport,
-        run_id: int,
-        name: str,
-    ) -> list[_Item]:
-        """Write items in a savepoint; records with missing parents or DB errors go aside."""
-        while items:
-            try:
-                with conn.begin_nested():
-                    bad = self._write_rows(conn, items, sr, run_id, name)
-                    if bad:
-                        raise _RetryError(bad)
-                return items
-            except _RetryError as retry:
-                for item, err in retry.bad:
-                    quarantined.append((item.ktext, "reference", str(err), item.raw))
-                bad_ids = {id(i) for i, _ in retry.bad}
-                items = [i for i in items if id(i) not in bad_ids]
-            except (sa.exc.DBAPIError, RowError) as exc:
-                if len(items) == 1:
-                    quarantined.append((items[0].ktext, "write", _db_message(exc), items[0].raw))
-                    return []
-                mid = len(items) // 2
-                return self._write(conn, items[:mid], quarantined, sr, run_id, name) + self._write(
-                    conn, items[mid:], quarantined, sr, run_id, name
-                )
-        return []
-
-    def _write_rows(
-        self,
-        conn: sa.Connection,
-        items: list[_Item],
-        sr: StreamReport,
-        run_id: int,
-        name: str,
-    ) -> list[tuple[_Item, Exception]]:
-        by_table: dict[str, list[tuple[_Item, dict[str, Any]]]] = {}
-        specs: dict[str, TableSpec] = {}
-        for item in items:
-            for spec, row in item.rows:
-                by_table.setdefault(spec.qualname, []).append((item, row))
-                specs[spec.qualname] = spec
-        bad: dict[int, tuple[_Item, Exception]] = {}
-        changes: list[ChangeSet] = []
-        writing = set(specs)
-        if sum(len(v) for v in self._parents.values()) > 1_000_000:
-            self._parents.clear()  # bounded memory on very large syncs
-        for spec in load_order(specs.values()):
-            pairs = [(i, r) for i, r in by_table[spec.qualname] if id(i) not in bad]
-            rows = [r for _, r in pairs]
-            # Parents this batch writes too are not cached: the batch may still roll back.
-            cache = None if writing & self._parent_tables(spec) else self._parents
-            for idx, err in missing_parents(self.db, conn, spec, rows, cache=cache):
-                item = pairs[idx][0]
-                bad.setdefault(id(item), (item, err))
-            if bad:
-                # Children of these tables cannot be checked before their parents are written:
-                # roll back, set the bad records aside and write again.
-                break
-            rows = [r for _, r in pairs]
-            changes.append(upsert(self.db, conn, spec, rows, validate=False, check_parents=False))
-        if bad:
-            return list(bad.values())
-        # Rows a changed record produced before but no longer does (e.g. a removed project).
-        stale: dict[str, list[tuple[Any, ...]]] = {}
-        for item in items:
-            if item.old is None:
-                continue
-            now = {(s.qualname, ledger.key_text(s.key_of(r))) for s, r in item.rows}
-            for table, key in item.old.targets:
-                if (table, ledger.key_text(key)) not in now:
-                    stale.setdefault(table, []).append(tuple(key))
-        for table, keys in stale.items():
-            self._delete_rows(conn, table, keys, sr, run_id)
-        for cs in changes:
-            # Keys go in as they are: their key text is that of their JSON values.
-            ledger.emit(conn, self.st, cs.table, cs.inserted, "insert", run_id)
-            ledger.emit(conn, self.st, cs.table, cs.updated, "update", run_id)
-            sr.add_table(cs)
-        ledger.record(
-            conn,
-            self.st,
-            self.name,
-            name,
-            [(i.ktext, i.hash, [(s.qualname, s.key_of(r)) for s, r in i.rows]) for i in items],
-            run_id,
-            existing={i.ktext for i in items if i.old is not None},
-        )
-        for item in items:
-            if item.old is None:
-                sr.new += 1
-            else:
-                sr.changed += 1
-        return []
-
-    @staticmethod
-    def _parent_tables(spec: TableSpec) -> set[str]:
-        return {fk.parent for fk in spec.foreign_keys}
-
-    def _delete_rows(
-        self,
-        conn: sa.Connection,
-        table: str,
-        keys: list[tuple[Any, ...]],
-        sr: StreamReport,
-        run_id: int,
-    ) -> None:
-        self._parents.clear()  # a deleted row may be a cached parent
-        spec = self.db.spec(table)
-        typed = [key_from_json(spec, k) for k in keys]
-        plan = cascade.delete(self.db, conn, spec, typed)
-        for label, n in plan.rows.items():
-            sr.deleted_rows[label] = sr.deleted_rows.get(label, 0) + n
-        ledger.emit(conn, self.st, table, (key_json(k) for k in typed), "delete", run_id)
 
     # -- deletes
 
@@ -581,14 +447,9 @@ class SyncEngine:
                 for table, key in entry.targets:
                     targets.setdefault(table, []).append(tuple(key))
             for spec in reversed(load_order(self.db.spec(t) for t in targets)):
-                self._delete_rows(conn, spec.qualname, targets[spec.qualname], sr, run_id)
+                self.writer.delete_rows(conn, spec.qualname, targets[spec.qualname], sr, run_id)
             ledger.forget(conn, self.st, self.name, name, gone)
         sr.deleted = len(gone)
-
-
-class _RetryError(Exception):
-    def __init__(self, bad: list[tuple[_Item, Exception]]) -> None:
-        self.bad = bad
 
 
 def _short(exc: pydantic.ValidationError) -> str:
@@ -598,8 +459,3 @@ def _short(exc: pydantic.ValidationError) -> str:
         parts.append(f"{loc}: {err['msg']}")
     more = exc.error_count() - len(parts)
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
-
-
-def _db_message(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None)
-    return str(orig or exc).strip().splitlines()[0]
