@@ -123,9 +123,11 @@ class TableSpec:
     declared: bool = True  # False for reflected tables: never created or altered by limsync
     _by_name: dict[str, ColumnSpec] = field(default_factory=dict, init=False, repr=False)
     _key_getter: Any = field(default=None, init=False, repr=False)
+    _names: tuple[str, ...] = field(default=(), init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._by_name = {c.name: c for c in self.columns}
+        self._names = tuple(c.name for c in self.columns)
         # key_of runs for every row of every sync: one C-level itemgetter, not a generator.
         getter = operator.itemgetter(*self.primary_key) if self.primary_key else None
         self._key_getter = getter
@@ -138,7 +140,7 @@ class TableSpec:
     @property
     def column_names(self) -> tuple[str, ...]:
         """Column names in declaration order."""
-        return tuple(c.name for c in self.columns)
+        return self._names
 
     def column(self, name: str) -> ColumnSpec:
         """The column called ``name``; KeyError names the table."""

@@ -260,7 +260,10 @@ def _upsert_batch(
     if not to_write:
         return
     if check_parents:
-        encoded_rows = [dict(zip(spec.column_names, e, strict=True)) for e in to_write]
+        # Only the referencing and key columns are looked at (the key names a bad row).
+        wanted = {*spec.primary_key, *(c for fk in spec.foreign_keys for c in fk.columns)}
+        at = [(c, spec.column_names.index(c)) for c in wanted]
+        encoded_rows = [{c: e[i] for c, i in at} for e in to_write]
         missing = missing_parents(db, conn, spec, encoded_rows, encoded=True)
         if missing:
             raise missing[0][1]
