@@ -10,6 +10,7 @@ import datetime as dt
 import functools
 import json
 import re
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -141,15 +142,20 @@ class LedgerEntry:
         return [(n, list(v)) for n, v in json.loads(self.targets_json)]
 
 
+_JSON_NATIVE = (str, int, float, list, tuple, dict)
+
+
 def _key_part(v: Any) -> str:
     t = type(v)
     if t is str:
         return encode_basestring_ascii(v)
     if t is int:
         return int.__repr__(v)
-    if v is None or isinstance(v, str | int | float | list | tuple | dict):
+    if t is uuid.UUID:
+        return f'"{v}"'  # hex digits and dashes: nothing to escape
+    if v is None or isinstance(v, _JSON_NATIVE):
         return json.dumps(v, separators=(",", ":"), default=str)
-    return encode_basestring_ascii(str(v))  # what default=str does: UUIDs, dates, ...
+    return encode_basestring_ascii(str(v))  # what default=str does: dates, decimals, ...
 
 
 def key_text(key: Sequence[Any]) -> str:
