@@ -128,14 +128,45 @@ def _blank(cells: list[Any] | tuple[Any, ...]) -> bool:
 # --- CSV and TSV ----------------------------------------------------------------------------------
 
 
+_CANDIDATES = ",;\t|"
+_SAMPLE_ROWS = 50
+
+
 def _delimiter(text: str, conf: FileStreamSettings, fmt: str) -> str:
+    """The declared delimiter; else, of ``, ; tab |``, the one that splits the file's start best.
+
+    Each candidate parses the first rows of ``text`` (the file's first 64 KiB); it qualifies
+    when it splits the header into two or more columns, and the one whose rows most often have
+    the header's width wins, then the one giving most columns, then the earlier in the list.
+    This costs a few parses of 50 rows where ``csv.Sniffer`` took 0.25-0.5 s a file (regular
+    expressions over the whole sample); the Sniffer remains the fallback for a header that no
+    candidate splits.
+    """
     if conf.delimiter is not None:
         return conf.delimiter
     if fmt == "tsv":
         return "\t"
-    sample = "\n".join(line for line in text.splitlines() if line.strip())
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(text) >= _SNIFF and len(lines) > 1:
+        lines.pop()  # probably cut short by the sample's end
+    lines = lines[:_SAMPLE_ROWS]
+    best: tuple[float, int] = (0.0, 1)
+    chosen = None
+    for candidate in _CANDIDATES:
+        try:
+            widths = [len(row) for row in csv.reader(lines, delimiter=candidate)]
+        except csv.Error:
+            continue
+        if not widths or widths[0] < 2:
+            continue
+        rest = widths[1:]
+        share = sum(w == widths[0] for w in rest) / len(rest) if rest else 1.0
+        if (share, widths[0]) > best:
+            best, chosen = (share, widths[0]), candidate
+    if chosen is not None:
+        return chosen
     try:
-        return csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
+        return csv.Sniffer().sniff("\n".join(lines[:20]), delimiters=_CANDIDATES).delimiter
     except csv.Error:
         return ","
 
@@ -149,24 +180,29 @@ def _read_delimited(path: Path, label: str, conf: FileStreamSettings, fmt: str) 
             raise _decode_error(label, encoding, exc, None) from None
         f.seek(0)
         reader = csv.reader(f, delimiter=delimiter)
-        header: list[str] | None = None
-        width = 0
         line = 1  # the physical line where the next row starts (rows may span lines)
         try:
+            for row in reader:
+                start, line = line, reader.line_num + 1
+                if row and not _blank(row):
+                    header = _header(row, label, "the header")
+                    _check_key(header, conf, label)
+                    break
+            else:
+                return
+            # The loop every row goes through: locals only, one dict built by zip.
+            width = len(header)
+            prefix = f"{label}:"
+            source, extra = SOURCE_FIELD, EXTRA_FIELD
             for row in reader:
                 start, line = line, reader.line_num + 1
                 # Cheap test first: most rows start with a non-blank cell.
                 if not row or (not row[0].strip() and _blank(row)):
                     continue
-                if header is None:
-                    header = _header(row, label, "the header")
-                    _check_key(header, conf, label)
-                    width = len(header)
-                    continue
                 record: Record = dict(zip(header, row, strict=False))
                 if len(row) > width:
-                    record[EXTRA_FIELD] = row[width:]
-                record[SOURCE_FIELD] = f"{label}:{start}"
+                    record[extra] = row[width:]
+                record[source] = prefix + str(start)
                 yield record
         except UnicodeDecodeError as exc:
             raise _decode_error(label, encoding, exc, line) from None

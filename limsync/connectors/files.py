@@ -27,6 +27,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from limsync.connectors.base import CheckResult, Connector, ConnectorSettings, ReadContext, Stream
@@ -38,7 +39,7 @@ from limsync.connectors.tabular import (
     SOURCE_FIELD,
     KeyTracker,
     RecordStreamSettings,
-    key_hash,
+    page_key_hashes,
     record_model,
 )
 from limsync.errors import ConfigError, LimsyncError, SourceError
@@ -60,7 +61,7 @@ class FileStreamSettings(RecordStreamSettings):
     encoding: str = "auto"
     """``auto``: a BOM, else UTF-8 if the whole file decodes, else cp1252, else latin-1."""
     delimiter: str | None = Field(None, min_length=1, max_length=1)
-    """CSV only; sniffed from the start of the file when absent (TSV: a tab)."""
+    """CSV only; when absent, detected from the file's first rows (``, ; tab |``; TSV: a tab)."""
     sheet: str | None = None
     """Excel only: the worksheet (default: the first)."""
     records: str | None = None
@@ -186,19 +187,22 @@ class FilesConnector(Connector):
         with the first record of its key: same content, it goes through as is (the engine counts
         it as a duplicate); different content, it is marked invalid ("duplicate key with
         different content, first at subjects.csv:3") and so quarantined.
+
+        Keys seen are remembered as 64-bit hashes in a :class:`KeyTracker` (8 bytes a key),
+        hashed a page at a time (:func:`page_key_hashes`); only hash hits are held back, and
+        the second read confirms them with the real keys.
         """
-        key_of = _key_getter(self.stream(stream).key)
+        key = self.stream(stream).key
         size = self.page_size(stream)
         tracker = KeyTracker()
         held: list[Record] = []
         records = self.records(stream)
         while page := list(islice(records, size)):
-            keys = [key_of(r) for r in page]
-            # None or "" in a key: the record fails validation anyway; do not track it.
-            trackable = [i for i, k in enumerate(keys) if None not in k and "" not in k]
-            repeated = tracker.add_page([key_hash(keys[i]) for i in trackable])
-            drop = {i for i, again in zip(trackable, repeated, strict=True) if again}
-            if drop:
+            hashes, tracked = page_key_hashes(page, key)
+            again = np.flatnonzero(tracker.repeats(hashes[tracked]))
+            if len(again):
+                # Positions among the tracked records back to positions in the page.
+                drop = set((again if tracked.all() else np.flatnonzero(tracked)[again]).tolist())
                 held.extend(page[i] for i in sorted(drop))
                 page = [r for i, r in enumerate(page) if i not in drop]
             if page:
@@ -207,7 +211,7 @@ class FilesConnector(Connector):
             yield from _pages(self._resolve_duplicates(stream, held), size)
 
     def _resolve_duplicates(self, stream: str, held: list[Record]) -> Iterator[Record]:
-        key_of = _key_getter(self.stream(stream).key)
+        key_of = _hashable(_key_getter(self.stream(stream).key))
         wanted = {key_of(r) for r in held}
         first: dict[tuple[Any, ...], Record] = {}
         for record in self.records(stream):
@@ -270,6 +274,22 @@ def _key_getter(key: Sequence[str]) -> Callable[[Record], tuple[Any, ...]]:
         (column,) = key
         return lambda record: (record.get(column),)
     return lambda record: tuple(record.get(c) for c in key)
+
+
+def _hashable(
+    key_of: Callable[[Record], tuple[Any, ...]],
+) -> Callable[[Record], tuple[Any, ...]]:
+    """``key_of`` whose keys can go in a set: JSON lists or objects as key values by repr."""
+
+    def key(record: Record) -> tuple[Any, ...]:
+        k = key_of(record)
+        try:
+            hash(k)
+        except TypeError:
+            return ("#repr", repr(k))
+        return k
+
+    return key
 
 
 def _content(record: Record) -> dict[str, Any]:

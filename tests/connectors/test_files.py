@@ -196,6 +196,47 @@ def test_duplicates_across_pages_and_files(tmp_path: Path) -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("text", "columns"),
+    [
+        # A comma inside the header and the values does not beat the semicolons.
+        (
+            'id;"weight (g, wet)";date\n1;21,4;2020\n2;"20,1";2021\n',
+            ["id", "weight (g, wet)", "date"],
+        ),
+        ("id|name\n1|a,b\n", ["id", "name"]),
+        ("id\tname\n1\ta;b\n", ["id", "name"]),
+        # More columns by comma, but only the semicolons give every row the header's width.
+        ("id;a,b,c\n1;x\n2;y\n", ["id", "a,b,c"]),
+        ("id\n1\n", ["id"]),  # one column: the default comma
+        ("\n \nid,name\n1,a\n", ["id", "name"]),  # blank lines before the header
+    ],
+)
+def test_delimiter_detection(tmp_path: Path, text: str, columns: list[str]) -> None:
+    (tmp_path / "s.csv").write_text(text)
+    c = connector(tmp_path, subjects={"path": "s.csv", "key": ["id"]})
+    first = read_all(c, "subjects")[0]
+    assert [k for k in first if k != "_source"] == columns
+
+
+def test_blank_and_unhashable_keys_are_not_duplicates(tmp_path: Path) -> None:
+    (tmp_path / "s.csv").write_text("id,v\n,a\n1,x\n,b\n1,x\n")
+    c = connector(tmp_path, subjects={"path": "s.csv", "key": ["id"]})
+    records = read_all(c, "subjects")
+    # The blank keys come in file order, unmarked (validation rejects them); the repeat of 1 last.
+    assert [(r["_source"], r.get("_invalid")) for r in records] == [
+        ("s.csv:2", None), ("s.csv:3", None), ("s.csv:4", None), ("s.csv:5", None),
+    ]  # fmt: skip
+    assert not valid(c, "subjects", records[0])
+    (tmp_path / "j.ndjson").write_text('{"id": [1, 2]}\n{"id": [1, 2], "v": 1}\n{"id": 3}\n')
+    c = connector(tmp_path, sessions={"path": "j.ndjson", "key": ["id"]})
+    records = read_all(c, "sessions")
+    assert [r["_source"] for r in records] == ["j.ndjson:1", "j.ndjson:3", "j.ndjson:2"]
+    assert records[2]["_invalid"] == (
+        "duplicate key with different content at j.ndjson:2, first at j.ndjson:1"
+    )
+
+
 # --- JSON and NDJSON ------------------------------------------------------------------------------
 
 

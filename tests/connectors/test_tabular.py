@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, ClassVar
 
+import numpy as np
 import pydantic
 import pytest
 
 from limsync.connectors.base import Connector, ConnectorSettings, Stream, Streams
-from limsync.connectors.tabular import KeyTracker, RecordStreamSettings, key_hash, record_model
+from limsync.connectors.tabular import (
+    KeyTracker,
+    RecordStreamSettings,
+    key_hash,
+    page_key_hashes,
+    record_model,
+)
 from limsync.errors import ConfigError, DeclarationError
 
 
@@ -103,3 +111,60 @@ def test_key_tracker_finds_repeats_within_and_across_pages_and_merges() -> None:
     assert got == expected
     assert len(tracker) == len(seen)
     assert tracker.add_page([]) == []
+
+
+def test_record_model_names_every_bad_key_column_and_keeps_the_field_layout() -> None:
+    model = record_model("weighings", ["subject", "date", "n"])
+    with pytest.raises(pydantic.ValidationError) as info:
+        model.model_validate({"subject": " \t", "n": None, "w": "1"})
+    assert [(e["loc"], e["type"], e["msg"]) for e in info.value.errors()] == [
+        (("subject",), "blank_key", "key column is empty"),
+        (("date",), "missing", "Field required"),
+        (("n",), "blank_key", "key column is empty"),
+    ]
+    assert info.value.title == "WeighingsRecord"
+    # Only "date" missing: pydantic's own error, located at the column.
+    with pytest.raises(pydantic.ValidationError, match=r"date\n  Field required"):
+        model.model_validate({"subject": "S1", "n": 0})
+    # Falsy but not blank values are keys; any mapping is accepted, not only dicts.
+    rec = model.model_validate(MappingProxyType({"subject": "S1", "date": 0, "n": False, "x": 1}))
+    # Key columns first, extras after, as the engine's content hash has always seen them.
+    assert rec.model_dump_json() == '{"subject":"S1","date":0,"n":false,"x":1}'
+    with pytest.raises(pydantic.ValidationError, match="key column is empty"):
+        model.model_validate(MappingProxyType({"subject": "", "date": 1, "n": 1}))
+    # A falsy _invalid is no reason.
+    assert model.model_validate({"subject": "S1", "date": 1, "n": 1, "_invalid": ""})
+
+
+def test_page_key_hashes_match_key_hash_and_skip_blank_keys() -> None:
+    page: list[Mapping[str, object]] = [
+        {"a": "S1", "b": "2020"},
+        {"a": "S1", "b": "2021"},
+        {"a": "S1", "b": "2020", "c": "other"},
+        {"a": None, "b": "2020"},
+        {"a": "", "b": "x"},
+        {"b": "2020"},  # a short row: no "a"
+        {"a": 0, "b": 0},  # hash 0, like "": tracked all the same
+        {"a": ["list"], "b": {"d": 1}},  # JSON values that Python cannot hash
+        {"a": "  ", "b": "y"},  # blank but not empty: tracked (it fails validation anyway)
+    ]
+    hashes, tracked = page_key_hashes(page, ["a", "b"])
+    assert tracked.tolist() == [True, True, True, False, False, False, True, True, True]
+    keys = [(r.get("a"), r.get("b")) for r in page]
+    assert hashes.tolist() == [key_hash(k) for k in keys]
+    assert hashes[0] == hashes[2] and hashes[0] != hashes[1]
+    assert key_hash(("S1", "2020")) != key_hash(("2020", "S1"))
+    single, tracked = page_key_hashes(page, ["a"])
+    assert single.tolist() == [key_hash((r.get("a"),)) for r in page]
+    assert tracked.tolist() == [True, True, True, False, False, False, True, True, True]
+
+
+def test_key_tracker_takes_numpy_pages() -> None:
+    tracker = KeyTracker(buffer=4)
+    first = tracker.repeats(np.array([5, 3, 5, -1], dtype=np.int64))
+    assert first.tolist() == [False, False, True, False]
+    again = tracker.repeats(np.array([3, 7, 8, 9, 7], dtype=np.int64))  # merges past 4
+    assert again.tolist() == [True, False, False, False, True]
+    assert tracker.repeats(np.array([-1, 9, 10], dtype=np.int64)).tolist() == [True, True, False]
+    assert len(tracker) == 7
+    assert tracker.repeats(np.empty(0, dtype=np.int64)).tolist() == []
