@@ -15,6 +15,7 @@ from limsync.config.settings import ScheduleEntry, Settings
 from limsync.errors import ConfigError
 from limsync.pipeline import state
 from limsync.pipeline.database import Database
+from limsync.sync.metrics import Metrics
 from limsync.sync.schedule import build_trigger, job_specs, next_runs
 from limsync.sync.scheduler import Daemon
 
@@ -124,3 +125,42 @@ def test_status_shows_next_run_and_staleness_and_runs_filter(tmp_path: Path) -> 
     later = runner.invoke(cli, ["runs", "--config", str(config), "--json",
                                 "--since", "2999-01-01"])  # fmt: skip
     assert json.loads(later.stdout) == []
+
+
+def test_a_populate_entry_populates_and_is_in_the_run_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """select = "populate": the configured computed tables are made, the run is logged."""
+    from limsync.pipeline import upsert
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "pipeline"))
+    import populate_tables as tables
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    s = Settings(database_url=url, schedule=[{"select": "populate", "interval": "1h"}],
+                 populate={"tables": ["populate_tables.SessionStat"]},
+                 daemon={"metrics_address": ""})  # fmt: skip
+    db = Database(url)
+    db.declare(tables.upstream, tables.derived)
+    with db.transaction() as conn:
+        upsert(db, conn, tables.Subject, [{"subject_id": 1}, {"subject_id": 2}])
+        upsert(db, conn, tables.Session, [
+            {"subject_id": s, "session_no": n, "value": float(n)} for s in (1, 2) for n in (1, 2, 3)
+        ])  # fmt: skip
+    daemon = Daemon(s)
+    (spec,) = daemon.check()
+    daemon.db = Database(url)
+    daemon.metrics = Metrics(daemon.connectors, {}, clock=daemon.clock)
+    try:
+        daemon._job(spec)  # what the scheduler calls when the entry falls due
+    finally:
+        daemon.db.dispose()
+    assert db.count(tables.SessionStat) == 6
+    assert db.count(tables.SessionStat.Channel) == 12
+    (run,) = (
+        state.runs(db, kind="populate")
+        if "kind" in state.runs.__code__.co_varnames
+        else [r for r in state.runs(db) if r["kind"] == "populate"]
+    )
+    assert run["status"] == "success"
+    db.dispose()
