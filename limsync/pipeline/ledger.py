@@ -259,7 +259,10 @@ def known_keys(
     p = "?" if conn.dialect.name == "sqlite" else "%s"
     table = conn.dialect.identifier_preparer.format_table(st.ledger)
     sql = f"SELECT source_key, state FROM {table} WHERE connector = {p} AND stream = {p}"  # noqa: S608
-    result = conn.exec_driver_sql(sql, (connector, stream))
+    # stream_results: PyMySQL would otherwise buffer the whole result (every key) client-side.
+    result = conn.exec_driver_sql(
+        sql, (connector, stream), execution_options={"stream_results": True}
+    )
     while rows := result.fetchmany(5000):
         yield from ((str(k), str(state)) for k, state in rows)
 
