@@ -2,16 +2,21 @@
 
 N upstream keys (an ``Item`` Manual table) and a Computed table with one float column:
 
-* **trivial make** (returns one row): one worker and four workers; the time per key minus the
-  time spent inside ``make`` is populate's own bookkeeping (claiming, writing, job rows);
-* **10 ms make** (``time.sleep(0.01)``, I/O-like): one and four workers, for the speed-up;
+* **trivial make** (returns one row): one worker, four workers (the caller starts the other
+  processes only when the work left is worth it, so here it works alone), and four processes
+  forced from the start; for one process, the time per key minus the time spent inside
+  ``make`` is populate's own bookkeeping (refresh of the job table, claims, writes);
+* **10 ms make** (``time.sleep(0.01)``, I/O-like): one and four workers, 2,000 and 10,000
+  keys, for the speed-up;
 * **DataJoint** (``datajoint`` 2.x): ``populate()`` of the same tables declared with DataJoint,
-  trivial ``make`` with ``self.insert1``, ``reserve_jobs=False`` and ``True``.
+  trivial ``make`` with ``self.insert1``, ``reserve_jobs=False`` and ``True``. MariaDB/MySQL
+  only, unless ``psycopg2`` (DataJoint's PostgreSQL driver) is installed.
 
-Each measurement runs in a fresh schema; worker processes are included in the wall time
-(spawn and imports: about a second per run on this machine).
+Each measurement runs in a fresh schema and its wall time includes the refresh (key source,
+job rows) and the start-up of worker processes (the fork server is started by the first
+multi-process run of this script and reused by later ones, as in a long-running daemon).
 
-    PYTHONPATH=. python benchmarks/populate.py --keys 10000 --backends mysql postgres
+    PYTHONPATH=. python benchmarks/populate.py --keys 10000 --sleepy-keys 2000 10000
 
 Server URLs come from LIMSYNC_TEST_MYSQL_URL / LIMSYNC_TEST_POSTGRES_URL.
 """
@@ -19,16 +24,17 @@ Server URLs come from LIMSYNC_TEST_MYSQL_URL / LIMSYNC_TEST_POSTGRES_URL.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
 import uuid
 from typing import Annotated, Any
 
-import sqlalchemy as sa
-
+from limsync.errors import ConfigError
 from limsync.pipeline import Computed, Database, Key, Manual, Ref, Schema, upsert
 from limsync.pipeline.populate import populate
+from limsync.pipeline.populate import run as run_mod
 from limsync.pipeline.tables import MakeResult
 
 bench = Schema("popbench")
@@ -81,36 +87,43 @@ def _drop(db: Database) -> None:
     db.dispose()
 
 
-def limsync_run(url: str, n: int, table: type[Computed], workers: int) -> dict[str, Any]:
-    """One populate of ``table`` over ``n`` fresh keys."""
+def limsync_run(
+    url: str, n: int, table: type[Computed], workers: int, *, force: bool = False
+) -> dict[str, Any]:
+    """One populate of ``table`` over ``n`` fresh keys.
+
+    ``force`` starts every worker process at once, even when one process would be faster.
+    """
     db = _fresh(url, n)
+    spawn_after = run_mod.SPAWN_AFTER_SECONDS
     try:
+        if force:
+            run_mod.SPAWN_AFTER_SECONDS = 0.0
         started = time.perf_counter()
         report = populate(db, [table], workers=workers)
         wall = time.perf_counter() - started
         tr = report.tables[0]
         assert tr.made == n, tr
-        return {"wall": wall, "make": tr.make_seconds, "made": tr.made}
+        return {"wall": wall, "make": tr.make_seconds, "made": tr.made, "procs": tr.processes}
     finally:
+        run_mod.SPAWN_AFTER_SECONDS = spawn_after
         _drop(db)
 
 
 def datajoint_run(url: str, n: int, reserve: bool) -> dict[str, Any] | None:
     """DataJoint's populate of the same trivial table; None when datajoint is missing."""
     try:
-        import datajoint as dj
-    except ImportError:
+        from limsync.pipeline.dj import configure_datajoint, import_datajoint
+
+        dj = import_datajoint()
+    except (ImportError, ConfigError):
         return None
-    parsed = sa.engine.make_url(url)
-    dj.config["database.host"] = parsed.host or "127.0.0.1"
-    dj.config["database.port"] = parsed.port
-    dj.config["database.user"] = parsed.username
-    dj.config["database.password"] = parsed.password or ""
-    backend = "postgresql" if parsed.get_backend_name() == "postgresql" else "mysql"
-    if "database.backend" in dj.config:
-        dj.config["database.backend"] = backend
-    if backend == "postgresql":
-        dj.config["database.name"] = parsed.database
+    target = Database(url)
+    try:
+        # The same connection set-up as limsync's own DataJoint hook (limsync.pipeline.dj).
+        configure_datajoint(dj, target)
+    finally:
+        target.dispose()
     name = f"djbench_{uuid.uuid4().hex[:6]}"
     schema = dj.Schema(name)
 
@@ -146,43 +159,62 @@ def main() -> None:
     """Run the measurements and print a Markdown table."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--keys", type=int, default=10_000)
-    ap.add_argument("--sleepy-keys", type=int, default=2_000, help="keys for the 10 ms make")
+    ap.add_argument("--sleepy-keys", type=int, nargs="*", default=[2_000, 10_000],
+                    help="key counts for the 10 ms make")  # fmt: skip
     ap.add_argument("--backends", nargs="+", default=["mysql", "postgres"])
     ap.add_argument("--no-datajoint", action="store_true")
     args = ap.parse_args()
-    print("| backend | run | keys | wall s | make s | ms/key | bookkeeping ms/key |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print(
+        "| backend | run | keys | processes | wall s | make s | ms/key | bookkeeping ms/key "
+        "| speed-up |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+
+    def row(backend: str, name: str, n: int, r: dict[str, Any], single: float | None) -> None:
+        make = r.get("make")
+        procs = r.get("procs")
+        # Bookkeeping per key is only meaningful for one process: with several, make times
+        # add up across processes while the wall time does not.
+        book = (r["wall"] - (make or 0.0)) / n * 1000 if procs in (None, 1) else None
+        cells = [
+            backend, name, str(n), "" if procs is None else str(procs), f"{r['wall']:.2f}",
+            "" if make is None else f"{make:.2f}", f"{r['wall'] / n * 1000:.3f}",
+            "" if book is None else f"{book:.3f}",
+            "" if single is None else f"{single / r['wall']:.2f}x",
+        ]  # fmt: skip
+        print("| " + " | ".join(cells) + " |", flush=True)
+
     for backend in args.backends:
         url = os.environ.get(URLS[backend])
         if not url:
             print(f"(skipping {backend}: {URLS[backend]} not set)", file=sys.stderr)
             continue
-        runs: list[tuple[str, int, dict[str, Any] | None]] = [
-            ("limsync trivial, 1 worker", args.keys, limsync_run(url, args.keys, Trivial, 1)),
-            ("limsync trivial, 4 workers", args.keys, limsync_run(url, args.keys, Trivial, 4)),
-            ("limsync 10 ms make, 1 worker", args.sleepy_keys,
-             limsync_run(url, args.sleepy_keys, Sleepy, 1)),
-            ("limsync 10 ms make, 4 workers", args.sleepy_keys,
-             limsync_run(url, args.sleepy_keys, Sleepy, 4)),
-        ]  # fmt: skip
-        if not args.no_datajoint:
-            for reserve in (False, True):
-                try:
-                    r = datajoint_run(url, args.keys, reserve)
-                except Exception as exc:  # report, do not hide: DataJoint 2.x may refuse a backend
-                    print(f"(datajoint on {backend} failed: {exc})", file=sys.stderr)
-                    r = None
-                runs.append((f"datajoint trivial, reserve_jobs={reserve}", args.keys, r))
-        for name, n, r in runs:
-            if r is None:
-                continue
-            make = r.get("make")
-            book = (r["wall"] - make) / n * 1000 if make is not None else r["wall"] / n * 1000
-            print(
-                f"| {backend} | {name} | {n} | {r['wall']:.2f} | "
-                f"{'' if make is None else f'{make:.2f}'} | {r['wall'] / n * 1000:.3f} | {book:.3f} |",
-                flush=True,
-            )
+        one = limsync_run(url, args.keys, Trivial, 1)
+        row(backend, "limsync trivial, 1 worker", args.keys, one, None)
+        four = limsync_run(url, args.keys, Trivial, 4)
+        row(backend, "limsync trivial, 4 workers", args.keys, four, one["wall"])
+        forced = limsync_run(url, args.keys, Trivial, 4, force=True)
+        row(backend, "limsync trivial, 4 processes forced", args.keys, forced, one["wall"])
+        for n in args.sleepy_keys:
+            one = limsync_run(url, n, Sleepy, 1)
+            row(backend, "limsync 10 ms make, 1 worker", n, one, None)
+            four = limsync_run(url, n, Sleepy, 4)
+            row(backend, "limsync 10 ms make, 4 workers", n, four, one["wall"])
+        if args.no_datajoint:
+            continue
+        if backend == "postgres" and importlib.util.find_spec("psycopg2") is None:
+            print("(datajoint on postgres skipped: DataJoint's PostgreSQL backend needs "
+                  "psycopg2, which is not installed)", file=sys.stderr)  # fmt: skip
+            continue
+        for reserve in (False, True):
+            try:
+                r = datajoint_run(url, args.keys, reserve)
+            except Exception as exc:  # report, do not hide: DataJoint 2.x may refuse a backend
+                print(f"(datajoint on {backend} failed: {exc})", file=sys.stderr)
+                r = None
+            if r is not None:
+                name = f"datajoint trivial, reserve_jobs={reserve}"
+                row(backend, name, args.keys, r, None)
 
 
 if __name__ == "__main__":

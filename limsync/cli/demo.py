@@ -15,7 +15,6 @@ whose subject row changed).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -46,11 +45,11 @@ def _settings(db_path: Path, url: str) -> Settings:
     )
 
 
-def _populated(console: Console, populated: list[Any]) -> set[str]:
+def _populated(console: Console, sync_report: SyncReport) -> set[str]:
     """Print what the after-sync populate did; returns the recomputed subject uuids."""
-    if not populated:
+    report = sync_report.populate
+    if report is None:
         return set()
-    report = populated[-1]
     table = WeightSummary.spec.qualname
     made = sum(t.made for t in report.tables)
     stale = report.outbox.recomputed.get(table, []) if report.outbox else []
@@ -81,13 +80,12 @@ def run_demo(db_path: Path, *, subjects: int = 60, seed: int = 7, console: Conso
         console.print(f"fake Alyx serving {subjects} subjects at {server.url}")
         settings = _settings(db_path, server.url)
 
-        populated: list[Any] = []
-        first = sync(settings, populated=populated)[0]
+        first = sync(settings)[0]
         _summary(console, "1. first sync", first)
-        _populated(console, populated)
-        second = sync(settings, populated=populated)[0]
+        _populated(console, first)
+        second = sync(settings)[0]
         _summary(console, "2. the same sync again (nothing to write)", second)
-        _populated(console, populated)
+        _populated(console, second)
 
         subject_ids = colony.ids("subjects")
         renamed = subject_ids[0]
@@ -107,9 +105,9 @@ def run_demo(db_path: Path, *, subjects: int = 60, seed: int = 7, console: Conso
         )
         expected = {subject_ids[1]: "weighing added", subject_ids[2]: "weighing deleted",
                     renamed: "subject renamed"}  # fmt: skip
-        third = sync(settings, populated=populated)[0]
+        third = sync(settings)[0]
         _summary(console, "3. sync after the changes", third)
-        recomputed = _populated(console, populated)
+        recomputed = _populated(console, third)
         for subject_uuid in sorted(recomputed):
             why = expected.get(subject_uuid, "unexpected!")
             console.print(f"   recomputed the weight summary of subject {subject_uuid} ({why})")

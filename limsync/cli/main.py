@@ -73,10 +73,10 @@ def sync(config_path: Path | None, as_json: bool, select: tuple[str, ...], incre
 
     settings = load_settings(config_path)
     with progress_bars(enabled=not as_json) as progress:
-        populated: list[Any] = []
         reports = run_sync(settings, select, full=not incremental, force_delete=force,
-                           progress=progress, populated=populated)  # fmt: skip
+                           progress=progress)  # fmt: skip
     code = print_reports(reports, as_json)
+    populated = [r.populate for r in reports if r.populate is not None]
     if populated and not as_json:
         from limsync.cli.populate import print_after_sync
 

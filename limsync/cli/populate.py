@@ -65,7 +65,8 @@ def _bars(enabled: bool) -> Iterator[Any]:
     "--workers",
     type=click.IntRange(1, 256),
     default=None,
-    help="Worker processes on this host (default: [populate] workers).",
+    help="At most this many worker processes on this host (default: [populate] workers); "
+    "extra ones start only when the keys left would keep one busy for a while.",
 )
 @click.option(
     "--restriction",
@@ -134,11 +135,11 @@ def populate(
         echo_json(report.to_dict())
     else:
         t = Table(title=f"populate, run {report.run_id}", title_justify="left")
-        for col in ("table", "queued", "made", "failed", "errors", "seconds"):
+        for col in ("table", "queued", "made", "failed", "errors", "processes", "seconds"):
             t.add_column(col, justify="left" if col == "table" else "right")
         for r in report.tables:
             t.add_row(r.table, str(r.queued), str(r.made), str(r.failed), str(r.errors),
-                      f"{r.seconds:.1f}")  # fmt: skip
+                      str(r.processes), f"{r.seconds:.1f}")  # fmt: skip
         out.print(t)
     sys.exit(0 if report.ok else 1)
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from limsync.pipeline.upsert import ChangeSet
+
+if TYPE_CHECKING:
+    from limsync.pipeline.populate import PopulateReport
 
 
 @dataclass
@@ -56,7 +59,12 @@ class StreamReport:
 
 @dataclass
 class SyncReport:
-    """Everything one run of one connector did."""
+    """Everything one run of one connector did.
+
+    ``populate`` is what the after-sync populate (``[populate] after_sync``) recomputed and
+    made. It runs once, after every selected connector, so it is set on the last report of
+    the call; it stays None when populate is not configured or nothing ran.
+    """
 
     connector: str
     mode: str
@@ -65,6 +73,7 @@ class SyncReport:
     streams: list[StreamReport] = field(default_factory=list)
     error: str | None = None  # the run as a whole (e.g. the lock was held)
     skipped: bool = False
+    populate: PopulateReport | None = None
 
     @property
     def ok(self) -> bool:
@@ -92,4 +101,5 @@ class SyncReport:
             "run_id": self.run_id, "ok": self.ok, "error": self.error, "skipped": self.skipped,
             "totals": {k: v for k, v in self.counts().items() if k != "streams"},
             "streams": [s.to_dict() for s in self.streams],
+            "populate": self.populate.to_dict() if self.populate is not None else None,
         }  # fmt: skip

@@ -154,7 +154,6 @@ def sync(
     db: Database | None = None,
     stop: threading.Event | None = None,
     kind: str = "sync",
-    populated: list[Any] | None = None,
 ) -> list[SyncReport]:
     """Sync the selected connectors (all by default); one report per connector.
 
@@ -162,8 +161,8 @@ def sync(
     inside one transaction that is rolled back: the reports say what would change. When
     ``stop`` is set, the running engine stops between batches and later connectors are skipped.
     After a real sync, ``[populate]`` with ``after_sync`` consumes the change outbox and
-    recomputes what changed (:func:`populate_after_sync`); its report is appended to
-    ``populated`` when a list is given.
+    recomputes what changed (:func:`populate_after_sync`); its report is the ``populate`` of
+    the last connector's report.
     """
     selection = parse_selection(settings, select)
     own_db = db is None
@@ -194,9 +193,7 @@ def sync(
                     )
                 )
         if not dry_run and reports and not (stop is not None and stop.is_set()):
-            result = populate_after_sync(settings, database)
-            if result is not None and populated is not None:
-                populated.append(result)
+            reports[-1].populate = populate_after_sync(settings, database)
     finally:
         if own_db:
             database.dispose()

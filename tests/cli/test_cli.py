@@ -146,6 +146,7 @@ def test_sync_json_parses_and_plan_writes_nothing(config: Path, alyx: FakeAlyx) 
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)[0]
     assert report["ok"] is True and report["dry_run"] is False
+    assert report["populate"] is None  # no [populate] tables configured
     # The dry run predicted exactly what the real run inserted.
     assert report["totals"]["inserted"] == plan["totals"]["inserted"]
     db = Database(load_settings(config).database_url)
@@ -157,6 +158,20 @@ def test_sync_json_parses_and_plan_writes_nothing(config: Path, alyx: FakeAlyx) 
     text = invoke("plan", "--config", str(config))
     assert text.exit_code == 0
     assert "dry run" in text.stdout
+
+
+def test_sync_reports_the_after_sync_populate(config: Path) -> None:
+    with config.open("a", encoding="utf-8") as f:
+        f.write('\n[populate]\ntables = ["limsync.sync.maps.alyx_derived.WeightSummary"]\n')
+    result = invoke("sync", "--config", str(config), "--json")
+    assert result.exit_code == 0, result.output
+    (report,) = json.loads(result.stdout)
+    populated = report["populate"]
+    assert populated["mode"] == "outbox" and populated["ok"] is True
+    assert populated["made"] == 14  # one summary per subject of the colony
+    text = invoke("sync", "--config", str(config))
+    assert text.exit_code == 0, text.output
+    assert "0 recomputed after upstream changes, 0 made" in " ".join(text.stdout.split())
 
 
 def test_runs_status_and_state(synced: Path) -> None:

@@ -147,8 +147,14 @@ class Item(Manual):
     item_id: Annotated[int, Key]
 
 
+# ItemDone's make in the process named by LIMSYNC_TEST_INTERRUPT_PID: calls left before it is
+# interrupted (tests set it).
+_interrupt_countdown = [0]
+
+
 class ItemDone(Computed):
-    """A trivial make; hangs on the key named by LIMSYNC_TEST_HANG (to be killed there)."""
+    """A trivial make; hangs on the key named by LIMSYNC_TEST_HANG (to be killed there), or is
+    interrupted in the process named by LIMSYNC_TEST_INTERRUPT_PID."""
 
     __schema__ = derived
     __references__ = (Ref(Item, key=True),)
@@ -161,6 +167,10 @@ class ItemDone(Computed):
 
     def make(self, key: dict[str, Any]) -> MakeResult:
         log_make("ItemDone", key)
+        if os.environ.get("LIMSYNC_TEST_INTERRUPT_PID") == str(os.getpid()):
+            _interrupt_countdown[0] -= 1
+            if _interrupt_countdown[0] == 0:
+                raise KeyboardInterrupt  # as if Ctrl-C reached this process only
         hang = os.environ.get("LIMSYNC_TEST_HANG")
         if hang and int(hang) == key["item_id"]:
             Path(os.environ["LIMSYNC_TEST_HANG_STARTED"]).write_text("started")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -10,39 +11,77 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import populate_tables
 import pytest
 import sqlalchemy as sa
 from populate_tables import Item, ItemDone, derived, upstream
 
 from limsync.pipeline import Database, state, upsert
 from limsync.pipeline.populate import backlog, populate
+from limsync.pipeline.populate import run as run_mod
 
 HERE = Path(__file__).parent
 
 
+N = 300  # keys: enough for several chunks per worker
+
+
 @pytest.fixture
 def items(db: Database) -> Database:
-    """2,000 upstream keys."""
+    """``N`` upstream keys."""
     db.declare(upstream, derived)
     with db.transaction() as conn:
-        upsert(db, conn, Item, [{"item_id": i} for i in range(2000)])
+        upsert(db, conn, Item, [{"item_id": i} for i in range(N)])
     return db
 
 
 def test_four_workers_make_every_key_exactly_once(
     items: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The make is trivial: without this, the calling process would do it all alone.
+    monkeypatch.setattr(run_mod, "SPAWN_AFTER_SECONDS", 0.0)
     log = tmp_path / "makes.log"
+    # Set after an earlier test may have started the fork server: workers must still see it.
     monkeypatch.setenv("LIMSYNC_TEST_MAKE_LOG", str(log))
     seen: list[int] = []
     report = populate(items, [ItemDone], workers=4, progress=lambda _t, m, _f, _n: seen.append(m))
-    assert report.ok and report.tables[0].made == 2000
+    assert report.ok and report.tables[0].made == N and report.tables[0].processes == 4
     calls = Counter(log.read_text().splitlines())
-    assert len(calls) == 2000 and set(calls.values()) == {1}
-    assert items.count(ItemDone) == 2000 and items.count(ItemDone.Copy) == 2000
-    assert sum(seen) == 2000
+    assert len(calls) == N and set(calls.values()) == {1}
+    assert items.count(ItemDone) == N and items.count(ItemDone.Copy) == N
+    assert sum(seen) == N
     assert backlog(items)["tables"] == {}
+
+
+def test_an_interrupted_caller_stops_its_workers_and_the_next_run_finishes(
+    items: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(run_mod, "SPAWN_AFTER_SECONDS", 0.0)
+    monkeypatch.setattr(populate_tables, "_interrupt_countdown", [20])  # in its second chunk
+    monkeypatch.setenv("LIMSYNC_TEST_INTERRUPT_PID", str(os.getpid()))
+    stopped: list[int] = []
+    stop = run_mod._Helpers.stop
+
+    def counting_stop(self: Any) -> None:
+        stopped.append(len(self.procs))
+        stop(self)
+
+    monkeypatch.setattr(run_mod._Helpers, "stop", counting_stop)
+    with pytest.raises(KeyboardInterrupt):
+        populate(items, [ItemDone], workers=4)
+    assert stopped == [3]  # the three others had started, and were ended, not waited for
+    assert multiprocessing.active_children() == []
+    report = populate(items, [ItemDone])
+    assert report.ok and items.count(ItemDone) == N and items.count(ItemDone.Copy) == N
+    assert backlog(items)["tables"] == {}
+
+
+def test_extra_workers_start_only_when_the_work_left_is_worth_it(items: Database) -> None:
+    report = populate(items, [ItemDone], workers=4)
+    assert report.ok and report.tables[0].made == N
+    assert report.tables[0].processes == 1
 
 
 def _run_worker(db: Database, tmp_path: Path, hang: int) -> tuple[subprocess.Popen[bytes], Path]:
@@ -75,12 +114,12 @@ def test_a_killed_worker_leaves_no_partial_rows_and_its_key_is_taken_over(
     items: Database, tmp_path: Path
 ) -> None:
     db = items
-    proc, _ = _run_worker(db, tmp_path, hang=1500)
+    proc, _ = _run_worker(db, tmp_path, hang=N - 50)
     _kill(proc)
     # The hanging key and the rest of its chunk were never written, parts neither.
     done = {r["item_id"] for r in db.fetch(ItemDone)}
     parts = {r["item_id"] for r in db.fetch(ItemDone.Copy)}
-    assert 1500 not in done and done == parts
+    assert N - 50 not in done and done == parts
     st = state.ensure(db)
     with db.engine.connect() as conn:
         reserved = conn.execute(
@@ -89,7 +128,7 @@ def test_a_killed_worker_leaves_no_partial_rows_and_its_key_is_taken_over(
     assert reserved > 0  # the dead worker's reservation is still there
     # Another worker on this host sees the pid is dead and takes the keys over at once.
     report = populate(db, [ItemDone])
-    assert report.ok and db.count(ItemDone) == 2000 and db.count(ItemDone.Copy) == 2000
+    assert report.ok and db.count(ItemDone) == N and db.count(ItemDone.Copy) == N
 
 
 def test_an_expired_reservation_of_another_host_is_taken_over(
@@ -107,7 +146,7 @@ def test_an_expired_reservation_of_another_host_is_taken_over(
         ).rowcount
     assert held > 0
     populate(db, [ItemDone])
-    assert db.count(ItemDone) == 2000 - held  # still reserved, not expired: left alone
+    assert db.count(ItemDone) == N - held  # still reserved, not expired: left alone
     assert 7 not in {r["item_id"] for r in db.fetch(ItemDone)}
     with db.transaction() as conn:
         conn.execute(
@@ -116,4 +155,4 @@ def test_an_expired_reservation_of_another_host_is_taken_over(
             .values(expires_at=state.utcnow() - dt.timedelta(seconds=1))
         )
     report = populate(db, [ItemDone])
-    assert report.ok and report.tables[0].made == held and db.count(ItemDone) == 2000
+    assert report.ok and report.tables[0].made == held and db.count(ItemDone) == N

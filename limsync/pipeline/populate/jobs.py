@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from limsync.pipeline.database import Database
 from limsync.pipeline.locks import _pid_alive
 from limsync.pipeline.populate.keys import key_hash
 from limsync.pipeline.state import StateTables, utcnow
+from limsync.pipeline.upsert import MAX_PARAMS
 
 MAX_MESSAGE = 4000
 ATTEMPTS = 6
@@ -80,12 +80,57 @@ def new_token() -> str:
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _insert(db: Database, table: sa.Table) -> Any:
-    if db.dialect == "mysql":
-        return mysql.insert(table)
-    if db.dialect == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
+class _Sql:
+    """Plain SQL text for the job table's hot statements, built once per Database.
+
+    The claim, the ownership check and the completion run once per chunk of up to
+    ``MAX_CHUNK`` keys; compiling their ``IN`` lists through SQLAlchemy's expression layer
+    each time cost more than the round trips. PostgreSQL takes one array parameter instead
+    of an ``IN`` list, so its statements do not depend on the number of keys at all.
+    """
+
+    def __init__(self, db: Database, st: StateTables) -> None:
+        self.db = db
+        self.p = "?" if db.dialect == "sqlite" else "%s"
+        self.job = db.engine.dialect.identifier_preparer.format_table(st.job)
+        ts = st.job.c.expires_at.type
+        # SQLite stores timestamps as text in SQLAlchemy's format: bind them the same way.
+        self.ts = ts.dialect_impl(db.engine.dialect).bind_processor(db.engine.dialect)
+        self.cache: dict[tuple[str, int], str] = {}
+
+    def stamp(self, value: dt.datetime) -> Any:
+        """A timestamp as the driver must receive it."""
+        return self.ts(value) if self.ts else value
+
+    def step(self, width: int) -> int:
+        """Keys per statement: at most 1,000, and within the driver's parameter limit."""
+        return max(1, min(1000, (MAX_PARAMS[self.db.dialect] - 10) // width))
+
+    def hashes(self, n: int) -> str:
+        """``key_hash IN (…)`` for ``n`` hashes (one array parameter on PostgreSQL)."""
+        if self.db.dialect == "postgresql":
+            return "key_hash = ANY(%s)"
+        return f"key_hash IN ({', '.join([self.p] * n)})"
+
+    def hash_params(self, hashes: Sequence[str]) -> tuple[Any, ...]:
+        """The parameters of :meth:`hashes`."""
+        return (list(hashes),) if self.db.dialect == "postgresql" else tuple(hashes)
+
+    def get(self, kind: str, n: int, build: Callable[[int], str]) -> str:
+        """The statement ``build(n)`` of ``kind`` for ``n`` keys, built on first use."""
+        size = 0 if self.db.dialect == "postgresql" else n
+        sql = self.cache.get((kind, size))
+        if sql is None:
+            sql = self.cache[(kind, size)] = build(n)
+        return sql
+
+
+def _sql(db: Database, st: StateTables) -> _Sql:
+    sql = db.extensions.get("populate.jobs.sql")
+    if sql is None:
+        sql = db.extensions["populate.jobs.sql"] = _Sql(db, st)
+    assert isinstance(sql, _Sql)
+    return sql
 
 
 def queue(
@@ -103,36 +148,50 @@ def queue(
     status, so an error is retried and a worker that holds the key discards its now stale
     result (its token no longer matches). Without ``reset`` existing rows are left alone.
     """
-    now = utcnow()
-    rows = [
-        {"table_name": table, "key_hash": key_hash(t), "row_key": t, "status": "pending",
-         "attempts": 0, "created_at": now}
-        for t in dict.fromkeys(key_texts)
-    ]  # fmt: skip
-    if not rows:
+    texts = list(dict.fromkeys(key_texts))
+    if not texts:
         return 0
-    j = st.job
-    ins = _insert(db, j)
-    # Literal SQL, not bound parameters: the drivers' executemany cannot mix the two.
-    back_to_pending: dict[str, Any] = {
-        "status": sa.literal_column("'pending'"), "attempts": sa.literal_column("0"),
-        **{c: sa.null() for c in ("token", "host", "pid", "reserved_at", "expires_at",
-                                  "error_message", "error_stack")},
-    }  # fmt: skip
+    q = _sql(db, st)
+    p = q.p
+    columns = ("token", "host", "pid", "reserved_at", "expires_at", "error_message", "error_stack")
+    cleared = ", ".join(f"{c} = NULL" for c in columns)
     if db.dialect == "mysql":
-        if reset:
-            stmt = ins.on_duplicate_key_update(**back_to_pending)
-        else:
-            stmt = ins.on_duplicate_key_update(table_name=ins.inserted.table_name)
+        on_conflict = (
+            f"ON DUPLICATE KEY UPDATE status = 'pending', attempts = 0, {cleared}"
+            if reset
+            else "ON DUPLICATE KEY UPDATE table_name = table_name"
+        )
     elif reset:
-        stmt = ins.on_conflict_do_update(
-            index_elements=["table_name", "key_hash"], set_=back_to_pending
+        on_conflict = (
+            "ON CONFLICT (table_name, key_hash) DO UPDATE SET status = 'pending', attempts = 0, "
+            + cleared
         )
     else:
-        stmt = ins.on_conflict_do_nothing(index_elements=["table_name", "key_hash"])
-    for start in range(0, len(rows), 1000):
-        conn.execute(stmt, rows[start : start + 1000])
-    return len(rows)
+        on_conflict = "ON CONFLICT (table_name, key_hash) DO NOTHING"
+    head = f"INSERT INTO {q.job} (table_name, key_hash, row_key, status, attempts, created_at)"
+    now = q.stamp(utcnow())
+    kind = "queue-reset" if reset else "queue"
+    if db.dialect == "postgresql":
+        # Two array parameters for any number of keys: one short statement to parse.
+        sql = q.get(kind, 0, lambda _: (
+            f"{head} SELECT %s, h, k, 'pending', 0, %s "  # noqa: S608 (quoted, fixed text)
+            f"FROM unnest(%s::text[], %s::text[]) AS u(h, k) {on_conflict}"
+        ))  # fmt: skip
+        for start in range(0, len(texts), 10_000):
+            part = texts[start : start + 10_000]
+            conn.exec_driver_sql(sql, (table, now, [key_hash(t) for t in part], part))
+        return len(texts)
+    step = q.step(4)
+    for start in range(0, len(texts), step):
+        part = texts[start : start + step]
+        sql = q.get(kind, len(part), lambda n: (
+            f"{head} VALUES "
+            + ", ".join([f"({p}, {p}, {p}, 'pending', 0, {p})"] * n)
+            + f" {on_conflict}"
+        ))  # fmt: skip
+        params = tuple(v for t in part for v in (table, key_hash(t), t, now))
+        conn.exec_driver_sql(sql, params)
+    return len(texts)
 
 
 def known_hashes(conn: sa.Connection, st: StateTables, table: str) -> set[str]:
@@ -152,37 +211,51 @@ class Claimed:
 def claim(
     db: Database, st: StateTables, table: str, token: str, n: int, timeout: float
 ) -> list[Claimed]:
-    """Reserve up to ``n`` pending (or expired) keys of ``table`` for ``token``, in one go."""
-    j = st.job
+    """Reserve up to ``n`` pending (or expired) keys of ``table`` for ``token``, in one go.
+
+    PostgreSQL: one statement (an ``UPDATE`` of the rows a ``FOR UPDATE SKIP LOCKED`` CTE
+    picked, ``RETURNING`` them). MySQL/MariaDB: ``SELECT … FOR UPDATE SKIP LOCKED`` and one
+    ``UPDATE`` by primary key. SQLite: the same two inside ``BEGIN IMMEDIATE``.
+    """
+    q = _sql(db, st)
+    p = q.p
+    host = token.rsplit(":", 2)[0]
+    free = (
+        f"table_name = {p} AND (status = 'pending' OR (status = 'reserved' AND expires_at < {p}))"
+    )
+    sets = (
+        f"status = 'reserved', token = {p}, host = {p}, pid = {p}, reserved_at = {p}, "
+        f"expires_at = {p}, attempts = attempts + 1"
+    )
 
     def attempt() -> list[Claimed]:
         now = utcnow()
+        stamps = (q.stamp(now), q.stamp(now + dt.timedelta(seconds=timeout)))
+        owner = (token, host, os.getpid(), *stamps)
         with transaction(db) as conn:
-            q = (
-                sa.select(j.c.key_hash, j.c.row_key)
-                .where(
-                    j.c.table_name == table,
-                    sa.or_(
-                        j.c.status == "pending",
-                        sa.and_(j.c.status == "reserved", j.c.expires_at < now),
-                    ),
-                )
-                .limit(n)
-            )
-            if db.dialect != "sqlite":
-                q = q.with_for_update(skip_locked=True)
-            got = [Claimed(str(h), str(t)) for h, t in conn.execute(q)]
+            if db.dialect == "postgresql":
+                sql = q.get("claim", 0, lambda _: (
+                    f"WITH c AS (SELECT key_hash FROM {q.job} WHERE {free} LIMIT %s "  # noqa: S608
+                    f"FOR UPDATE SKIP LOCKED) UPDATE {q.job} j SET {sets} FROM c "
+                    "WHERE j.table_name = %s AND j.key_hash = c.key_hash "
+                    "RETURNING j.key_hash, j.row_key"
+                ))  # fmt: skip
+                rows = conn.exec_driver_sql(sql, (table, stamps[0], n, *owner, table)).all()
+                return [Claimed(str(h), str(t)) for h, t in rows]
+            lock = "" if db.dialect == "sqlite" else " FOR UPDATE SKIP LOCKED"
+            pick = q.get("pick", 0, lambda _: (
+                f"SELECT key_hash, row_key FROM {q.job} WHERE {free} LIMIT {p}{lock}"  # noqa: S608
+            ))  # fmt: skip
+            got = [
+                Claimed(str(h), str(t))
+                for h, t in conn.exec_driver_sql(pick, (table, stamps[0], n))
+            ]
             if got:
-                host = token.rsplit(":", 2)[0]
-                conn.execute(
-                    j.update()
-                    .where(j.c.table_name == table, j.c.key_hash.in_([c.hash for c in got]))
-                    .values(
-                        status="reserved", token=token, host=host, pid=os.getpid(),
-                        reserved_at=now, expires_at=now + dt.timedelta(seconds=timeout),
-                        attempts=j.c.attempts + 1,
-                    )
-                )  # fmt: skip
+                update = q.get("reserve", len(got), lambda n: (
+                    f"UPDATE {q.job} SET {sets} WHERE table_name = {p} AND {q.hashes(n)}"  # noqa: S608
+                ))  # fmt: skip
+                hashes = q.hash_params([c.hash for c in got])
+                conn.exec_driver_sql(update, (*owner, table, *hashes))
         return got
 
     return retrying(attempt)
@@ -212,18 +285,20 @@ def still_mine(
     A key that was re-queued (its upstream changed) or taken over after expiry is no longer
     ours: its result is discarded rather than written.
     """
-    j = st.job
+    q = _sql(db, st)
+    p = q.p
+    lock = "" if db.dialect == "sqlite" else " FOR UPDATE"
     out: set[str] = set()
-    for start in range(0, len(hashes), 1000):
-        q = sa.select(j.c.key_hash).where(
-            j.c.table_name == table,
-            j.c.token == token,
-            j.c.status == "reserved",
-            j.c.key_hash.in_(hashes[start : start + 1000]),
+    step = q.step(1)
+    for start in range(0, len(hashes), step):
+        part = hashes[start : start + step]
+        sql = q.get("mine", len(part), lambda n: (
+            f"SELECT key_hash FROM {q.job} WHERE table_name = {p} AND token = {p} "  # noqa: S608
+            f"AND status = 'reserved' AND {q.hashes(n)}{lock}"
+        ))  # fmt: skip
+        out.update(
+            str(h) for (h,) in conn.exec_driver_sql(sql, (table, token, *q.hash_params(part)))
         )
-        if db.dialect != "sqlite":
-            q = q.with_for_update()
-        out.update(str(h) for (h,) in conn.execute(q))
     return out
 
 
@@ -237,14 +312,15 @@ def finish(
 ) -> None:
     """Drop the rows of keys made; record (hash, message, traceback) of keys that failed."""
     j = st.job
-    for start in range(0, len(done), 1000):
-        conn.execute(
-            j.delete().where(
-                j.c.table_name == table,
-                j.c.token == token,
-                j.c.key_hash.in_(done[start : start + 1000]),
-            )
-        )
+    q = _sql(st.db, st)
+    p = q.p
+    step = q.step(1)
+    for start in range(0, len(done), step):
+        part = done[start : start + step]
+        sql = q.get("finish", len(part), lambda n: (
+            f"DELETE FROM {q.job} WHERE table_name = {p} AND token = {p} AND {q.hashes(n)}"  # noqa: S608
+        ))  # fmt: skip
+        conn.exec_driver_sql(sql, (table, token, *q.hash_params(part)))
     if errors:
         conn.execute(
             j.update()

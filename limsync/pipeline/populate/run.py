@@ -6,9 +6,11 @@
   keys: no key-source scan at all.
 * :func:`backlog` is what status pages show: pending outbox rows, pending and failed keys.
 
-Workers are processes of the ``spawn`` start method: each opens its own Database from the URL
-and re-imports its table class by path, so they share nothing but the database, exactly like
-workers on other hosts running the same command.
+With ``workers=N`` the calling process is the first worker; the others are started only when
+the work left is worth their start-up (:func:`run_processes`). They are clean processes (a fork
+server's or ``spawn``'s): each opens its own Database from the URL and re-imports its table
+class by path, so they share nothing but the database, exactly like workers on other hosts
+running the same command.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from __future__ import annotations
 import importlib
 import logging
 import multiprocessing as mp
+import os
 import queue as queue_mod
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +62,7 @@ class TableReport:
     errors: int = 0  # keys in error after the run (including older ones)
     seconds: float = 0.0
     make_seconds: float = 0.0
+    processes: int = 0  # worker processes that ran (the calling one included)
     made_keys: list[Key] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,6 +71,7 @@ class TableReport:
             "table": self.table, "queued": self.queued, "made": self.made,
             "failed": self.failed, "discarded": self.discarded, "errors": self.errors,
             "seconds": round(self.seconds, 3), "make_seconds": round(self.make_seconds, 3),
+            "processes": self.processes,
         }  # fmt: skip
 
 
@@ -274,8 +280,11 @@ def _work(
     if workers <= 1:
         result = Worker(db, cls, timeout=timeout, emit=emit, keep_keys=keep_keys,
                         progress=report).run()  # fmt: skip
+        tr.processes = max(tr.processes, 1)
     else:
-        result = run_processes(db, cls, workers, timeout, emit, report)
+        result, used = run_processes(db, cls, workers, timeout, emit, report, pending=total,
+                                     keep_keys=keep_keys)  # fmt: skip
+        tr.processes = max(tr.processes, used)
     tr.made += result.made
     tr.failed += result.failed
     tr.discarded += result.discarded
@@ -290,6 +299,116 @@ def _error_count(db: Database, table: str) -> int:
         return jobs.counts(conn, st).get(table, {}).get("error", 0)
 
 
+# A spawned worker process needs about a second of CPU (imports, connection, checks) before it
+# makes its first key: extra processes start only when the keys left would keep one worker busy
+# for longer than this. Below it, they would only take CPU from the worker already running.
+SPAWN_AFTER_SECONDS = 2.0
+SHARED_CHUNK_SECONDS = 0.5  # make time per chunk when several workers share a table
+
+
+def _context() -> Any:
+    """``forkserver`` where there is one (Linux, macOS), else ``spawn``.
+
+    Both start clean processes (never a fork of a process holding connections and threads),
+    but a fork server imports limsync once and then forks each worker ready to run, where
+    ``spawn`` pays the imports (about a second of CPU) in every worker, and again at exit.
+    """
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    # Only read when the server starts (once per process): later calls change nothing.
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
+class _Helpers:
+    """The extra worker processes of one table, and the events they send back."""
+
+    def __init__(
+        self,
+        db: Database,
+        cls: type[AutoPopulated],
+        timeout: float,
+        emit: bool,
+        keep_keys: bool,
+        report: Callable[[int, int], None],
+    ) -> None:
+        url = db.url.render_as_string(hide_password=False)
+        self.args = (url, db.schema_prefix, db.state_schema, class_path(cls), timeout, emit,
+                     keep_keys)  # fmt: skip
+        self.events: Any = None  # a queue, made with the processes
+        self.lock = threading.Lock()  # start() runs in a thread of its own
+        self.report = report
+        self.procs: list[Any] = []
+        self.result = WorkerResult()
+        self.finished = 0
+        self.failures: list[str] = []
+
+    def start(self, n: int) -> None:
+        """Start ``n`` worker processes (they share nothing with this one but the database).
+
+        If they cannot be started (no resources left, say), this process works on alone.
+        """
+        ctx = _context()
+        events = ctx.Queue()
+        # The fork server keeps the environment it started with: pass the current one.
+        args = (*self.args, events, dict(os.environ))
+        procs = [ctx.Process(target=worker_main, args=args, daemon=True) for _ in range(n)]
+        try:
+            for p in procs:
+                p.start()
+        except Exception as exc:  # runs in a thread of its own: nothing above would see it
+            log.warning("could not start %d more populate worker(s): %s", n, exc)
+            procs = [p for p in procs if p.pid is not None]
+        with self.lock:
+            self.events = events
+            self.procs = procs
+
+    def drain(self, wait: float | None = None) -> int:
+        """Handle the events waiting (or the first within ``wait`` seconds); keys they made."""
+        keys = 0
+        with self.lock:
+            events = self.events
+        while events is not None:
+            try:
+                kind, *data = events.get(timeout=wait) if wait else events.get_nowait()
+            except queue_mod.Empty:
+                return keys
+            wait = None
+            if kind == "progress":
+                self.report(int(data[0]), int(data[1]))
+                keys += int(data[0]) + int(data[1])
+            elif kind == "done":
+                self.finished += 1
+                made, failed, discarded, seconds, made_keys = data
+                self.result.add(WorkerResult(made, failed, discarded, seconds, made_keys))
+            else:
+                self.finished += 1
+                self.failures.append(str(data[0]))
+        return keys
+
+    def stop(self) -> None:
+        """End the processes at once (this process failed or was interrupted)."""
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.join()
+
+    def join(self) -> None:
+        """Wait until every process reported (or died without reporting)."""
+        while self.finished < len(self.procs):
+            self.drain(wait=0.2)
+            if self.finished < len(self.procs) and all(not p.is_alive() for p in self.procs):
+                self.drain()
+                if self.finished < len(self.procs):
+                    # A worker killed from outside sends nothing: its keys expire and are redone.
+                    dead = len(self.procs) - self.finished
+                    log.warning("%d worker process(es) ended without reporting", dead)
+                break
+        for p in self.procs:
+            p.join()
+
+
 def run_processes(
     db: Database,
     cls: type[AutoPopulated],
@@ -297,44 +416,67 @@ def run_processes(
     timeout: float,
     emit: bool,
     report: Callable[[int, int], None],
-) -> WorkerResult:
-    """Run ``n`` worker processes on one table; the parent relays progress and sums results."""
-    ctx = mp.get_context("spawn")
-    events: Any = ctx.Queue()
-    url = db.url.render_as_string(hide_password=False)
-    args = (url, db.schema_prefix, db.state_schema, class_path(cls), timeout, emit, events)
-    procs = [ctx.Process(target=worker_main, args=args, daemon=True) for _ in range(n)]
-    for p in procs:
-        p.start()
-    total = WorkerResult()
-    finished = 0
-    failures: list[str] = []
-    while finished < n:
-        try:
-            kind, *data = events.get(timeout=0.2)
-        except queue_mod.Empty:
-            if all(not p.is_alive() for p in procs):
-                # A worker killed from outside sends nothing: its keys expire and are redone.
-                dead = n - finished
-                log.warning("%d worker process(es) ended without reporting", dead)
-                break
-            continue
-        if kind == "progress":
-            report(int(data[0]), int(data[1]))
-        elif kind == "done":
-            finished += 1
-            made, failed, discarded, seconds = data
-            total.add(WorkerResult(made, failed, discarded, seconds))
-        else:
-            finished += 1
-            failures.append(str(data[0]))
-    for p in procs:
-        p.join()
-    if failures:
+    *,
+    pending: int = 0,
+    keep_keys: bool = False,
+) -> tuple[WorkerResult, int]:
+    """Up to ``n`` workers on one table; returns the summed result and the processes used.
+
+    The calling process is a worker itself, from the first key on. It starts the ``n - 1``
+    others once the keys left (of ``pending`` at the start, less those made meanwhile) would
+    keep it busy for more than :data:`SPAWN_AFTER_SECONDS`, judged after each of its chunks
+    by that chunk's pace; it relays their progress between its chunks and sums their results.
+    """
+    helpers = _Helpers(db, cls, timeout, emit, keep_keys, report)
+    done = 0
+    chunks = 0
+    last = time.monotonic()
+    starter: threading.Thread | None = None
+
+    def after_chunk(made: int, failed: int) -> None:
+        nonlocal done, last, chunks, starter
+        report(made, failed)
+        now = time.monotonic()
+        keys = made + failed
+        done += keys + helpers.drain()
+        chunks += 1
+        if starter is None and keys:
+            # Judged by make's own time after the first chunk (its bookkeeping pays for cold
+            # caches and would overstate the rest), by the whole chunk's pace after that.
+            mine = worker.result
+            per_key = mine.make_seconds / max(1, mine.made + mine.failed)
+            if chunks > 1:
+                per_key = max(per_key, (now - last) / keys)
+            if max(0, pending - done) * per_key > SPAWN_AFTER_SECONDS:
+                # Started from a thread: starting the fork server takes a while, and this
+                # process goes on making keys meanwhile.
+                starter = threading.Thread(target=helpers.start, args=(n - 1,), daemon=True)
+                starter.start()
+        last = now
+
+    # Shorter chunks than a lone worker's: at the end, no worker sits idle for long while
+    # another finishes a big chunk.
+    worker = Worker(db, cls, timeout=timeout, emit=emit, keep_keys=keep_keys,
+                    progress=after_chunk, chunk_seconds=SHARED_CHUNK_SECONDS)  # fmt: skip
+    try:
+        own = worker.run()
+    except BaseException:
+        # Do not wait for the others to finish the table: their reservations are freed by
+        # the next run on this host (their pids are dead), or expire.
+        if starter is not None:
+            starter.join()
+        helpers.stop()
+        raise
+    if starter is not None:
+        starter.join()
+    helpers.join()
+    if helpers.failures:
         raise PopulateError(
-            f"{len(failures)} worker(s) of {cls.spec.qualname} failed: {failures[0]}"
+            f"{len(helpers.failures)} worker(s) of {cls.spec.qualname} failed: "
+            f"{helpers.failures[0]}"
         )
-    return total
+    own.add(helpers.result)
+    return own, 1 + len(helpers.procs)
 
 
 def worker_main(
@@ -344,20 +486,27 @@ def worker_main(
     path: str,
     timeout: float,
     emit: bool,
+    keep_keys: bool,
     events: Any,
+    environ: dict[str, str],
 ) -> None:
     """A worker process: its own Database, its table class re-imported by path."""
+    os.environ.clear()
+    os.environ.update(environ)
     try:
         (cls,) = load_tables([path])
         db = Database(url, schema_prefix=schema_prefix, state_schema=state_schema)
+        # The parent created or migrated the bookkeeping tables before starting workers.
+        db.extensions["state_ready"] = True
         try:
             register_lineage(db, cls)
-            worker = Worker(db, cls, timeout=timeout, emit=emit,
-                            progress=lambda m, f: events.put(("progress", m, f)))  # fmt: skip
+            worker = Worker(db, cls, timeout=timeout, emit=emit, keep_keys=keep_keys,
+                            progress=lambda m, f: events.put(("progress", m, f)),
+                            chunk_seconds=SHARED_CHUNK_SECONDS)  # fmt: skip
             r = worker.run()
         finally:
             db.dispose()
-        events.put(("done", r.made, r.failed, r.discarded, r.make_seconds))
+        events.put(("done", r.made, r.failed, r.discarded, r.make_seconds, r.made_keys))
     except BaseException as exc:
         events.put(("error", f"{type(exc).__name__}: {exc}"))
         raise

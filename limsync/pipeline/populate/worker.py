@@ -8,9 +8,10 @@ chunk commits as a whole: a key's rows are all there or none are. If the batched
 refused (a foreign key, a value the database rejects), the chunk is written again key by key,
 each in a savepoint, so only the faulty key is recorded as an error.
 
-The chunk size adapts so a chunk takes about a second of ``make`` time: many keys per round
-trip when ``make`` is cheap, few when it is slow (and a reservation is extended while a long
-chunk runs).
+The chunk size adapts so a chunk takes about a second of ``make`` time (less when several
+workers share a table, so none waits long for another's last chunk): many keys per round trip
+when ``make`` is cheap, few when it is slow (and a reservation is extended while a long chunk
+runs).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from limsync.pipeline.upsert import upsert, validate_row
 log = logging.getLogger(__name__)
 
 TARGET_CHUNK_SECONDS = 1.0
-FIRST_CHUNK = 16
+FIRST_CHUNK = 8
 MAX_CHUNK = 500
 
 Progress = Callable[[int, int], None]  # (keys made, keys failed) since the last call
@@ -91,6 +92,7 @@ class Worker:
         emit: bool = False,
         keep_keys: bool = False,
         progress: Progress | None = None,
+        chunk_seconds: float = TARGET_CHUNK_SECONDS,
     ) -> None:
         self.db = db
         self.cls = cls
@@ -107,6 +109,7 @@ class Worker:
             db.register(s)
         self.result = WorkerResult()
         self._chunk = FIRST_CHUNK
+        self.chunk_seconds = chunk_seconds
 
     def run(self) -> WorkerResult:
         """Claim and make chunks until no key is pending; returns the counts."""
@@ -155,7 +158,7 @@ class Worker:
         elapsed = time.monotonic() - started
         self.result.make_seconds += elapsed
         per_key = elapsed / max(1, len(claimed))
-        self._chunk = max(1, min(MAX_CHUNK, int(TARGET_CHUNK_SECONDS / max(per_key, 1e-6))))
+        self._chunk = max(1, min(MAX_CHUNK, int(self.chunk_seconds / max(per_key, 1e-6))))
         written, discarded, write_errors = self._write(made, errors)
         self.result.made += written
         self.result.failed += len(errors) + write_errors
