@@ -465,12 +465,29 @@ def _build_in_sql(
         else:
             keys = f"SELECT * FROM unnest({_arrays(db, spec, match)})"  # noqa: S608 (typed params)
             cond = f"({', '.join(db.quote(c) for c in match)}) IN ({keys})"
+    elif db.dialect == "sqlite" and len(match) > 1:
+        # SQLite scans the whole table for a row-value IN list; joining a VALUES list of the
+        # keys searches the key index once per key instead.
+        return _sqlite_keys_join(db, spec, select, match, n)
     elif len(match) == 1:
         cond = f"{db.quote(match[0])} IN ({', '.join([p] * n)})"
     else:
         tup = "(" + ", ".join([p] * len(match)) + ")"
         cond = f"({', '.join(db.quote(c) for c in match)}) IN ({', '.join([tup] * n)})"
     return f"SELECT {cols} FROM {db.qualified(spec)} WHERE {cond}"  # noqa: S608 (quoted)
+
+
+def _sqlite_keys_join(
+    db: Database, spec: TableSpec, select: tuple[str, ...], match: tuple[str, ...], n: int
+) -> str:
+    names = [f'"__k{i}"' for i in range(len(match))]
+    row = "(" + ", ".join(["?"] * len(match)) + ")"
+    on = " AND ".join(f"t.{db.quote(c)} = k.{k}" for c, k in zip(match, names, strict=True))
+    cols = ", ".join(f"t.{db.quote(c)}" for c in select)
+    return (
+        f"WITH k({', '.join(names)}) AS (VALUES {', '.join([row] * n)}) "  # noqa: S608 (quoted)
+        f"SELECT {cols} FROM k CROSS JOIN {db.qualified(spec)} AS t ON {on}"
+    )
 
 
 def _select_sql(db: Database, spec: TableSpec, n: int) -> str:
