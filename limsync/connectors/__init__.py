@@ -10,7 +10,7 @@ are private and may change):
 * reading: :class:`ReadContext`, :data:`Key`, :data:`Page`, :data:`Record`,
   :func:`nothing_known`, :class:`CheckResult`;
 * paging: :class:`Paginator` and :class:`LimitOffset`, :class:`HeaderTotal`,
-  :class:`PageNumber`, :class:`NextLink`;
+  :class:`PageNumber`, :class:`NextLink`, :class:`SinglePage`;
 * HTTP: the auth helpers :class:`BearerAuth`, :class:`TokenAuth`, :class:`HeaderAuth`,
   :class:`BasicAuth`; :func:`send` and :func:`raise_for_response` (a request with limsync's
   error translation), :func:`redact_url` and :func:`response_detail` (for messages);
@@ -45,6 +45,7 @@ from limsync.connectors.pagination import (
     PageNumber,
     Paginator,
     Record,
+    SinglePage,
 )
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "Paginator",
     "ReadContext",
     "Record",
+    "SinglePage",
     "Stream",
     "StreamSettings",
     "Streams",

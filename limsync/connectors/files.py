@@ -30,9 +30,15 @@ from typing import Any, ClassVar, Literal, Self
 import numpy as np
 from pydantic import Field, model_validator
 
-from limsync.connectors.base import CheckResult, Connector, ConnectorSettings, ReadContext, Stream
+from limsync.connectors import (
+    CheckResult,
+    Connector,
+    ConnectorSettings,
+    Page,
+    ReadContext,
+    Stream,
+)
 from limsync.connectors.filereaders import READERS, Record, format_of
-from limsync.connectors.pagination import Page
 from limsync.connectors.tabular import (
     INVALID_FIELD,
     META_FIELDS,

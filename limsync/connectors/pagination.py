@@ -366,3 +366,30 @@ class NextLink(Paginator):
                     f"read ({redact_url(nxt)})"
                 )
             current, query = nxt, {}
+
+
+class SinglePage(Paginator):
+    """An unpaged listing: one GET returns every record (the list is the body, or the body's
+    ``results_key`` member)."""
+
+    def __init__(self, results_key: str | None = None) -> None:
+        super().__init__(page_size=1)
+        self.results_key = results_key
+
+    def page_size_for(self, requested: int | None) -> int:
+        """Any page size is accepted: none is sent."""
+        return requested or 1
+
+    def pages(
+        self,
+        fetch: Fetch,
+        url: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        page_size: int | None = None,
+    ) -> Iterator[Page]:
+        """The one page of the listing (nothing when it is empty)."""
+        _, body = _get(fetch, url, dict(params or {}))
+        items = _records(body, self.results_key, url)
+        if items:
+            yield items

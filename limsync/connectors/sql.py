@@ -26,8 +26,14 @@ from typing import Any, ClassVar, Literal, Self
 import sqlalchemy as sa
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from limsync.connectors.base import CheckResult, Connector, ConnectorSettings, ReadContext, Stream
-from limsync.connectors.pagination import Page
+from limsync.connectors import (
+    CheckResult,
+    Connector,
+    ConnectorSettings,
+    Page,
+    ReadContext,
+    Stream,
+)
 from limsync.connectors.tabular import (
     INVALID_FIELD,
     SOURCE_FIELD,

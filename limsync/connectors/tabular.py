@@ -27,7 +27,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
-from limsync.connectors.base import StreamSettings
+from limsync.connectors import (
+    StreamSettings,
+)
 
 __all__ = [
     "INVALID_FIELD",

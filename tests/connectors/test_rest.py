@@ -415,13 +415,17 @@ def test_unpaged_listing_and_its_errors() -> None:
     with RecordServer() as server:
         server.route("GET", "/all", lambda request: Reply(200, {}, {"items": SAMPLES}))
         server.route("GET", "/broken", lambda request: Reply(200, {}, {"items": "no"}))
+        server.route("GET", "/scalars", lambda request: Reply(200, {}, {"items": [1, 2]}))
         data = settings(server.url, pagination={"style": "none"}, records="items")
         data["streams"] = {"all": {"path": "/all", "key": ["id"]},
-                           "broken": {"path": "/broken", "key": ["id"]}}  # fmt: skip
+                           "broken": {"path": "/broken", "key": ["id"]},
+                           "scalars": {"path": "/scalars", "key": ["id"]}}  # fmt: skip
         with make(data) as connector:
             assert len(read(connector, "all")) == 7
-            with pytest.raises(PaginationError, match="expected a 'items' list of objects"):
+            with pytest.raises(PaginationError, match="expected a 'items' list in the response"):
                 read(connector, "broken")
+            with pytest.raises(PaginationError, match="holds records that are not objects"):
+                read(connector, "scalars")
 
 
 def test_records_key_missing_is_a_pagination_error(samples: RecordServer) -> None:

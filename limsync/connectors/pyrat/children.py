@@ -34,8 +34,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from limsync.connectors.base import Key, ReadContext
-from limsync.connectors.pagination import Page, Record
+from limsync.connectors import (
+    Key,
+    Page,
+    ReadContext,
+    Record,
+)
 from limsync.errors import HTTPStatusError, SourceError
 
 if TYPE_CHECKING:

@@ -34,18 +34,21 @@ import pydantic
 import requests
 from pydantic import Field, SecretStr, field_validator
 
-from limsync.connectors.base import (
+from limsync.connectors import (
     CheckResult,
     Connector,
     ConnectorSettings,
+    HeaderTotal,
     Key,
+    Page,
     ReadContext,
     Stream,
     Streams,
     nothing_known,
+    raise_for_response,
+    redact_url,
+    send,
 )
-from limsync.connectors.http import raise_for_response, redact_url, send
-from limsync.connectors.pagination import HeaderTotal, Page
 from limsync.connectors.pyrat import children, models
 from limsync.connectors.pyrat.query import (
     ALL_STATES,

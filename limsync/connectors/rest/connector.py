@@ -24,18 +24,26 @@ import requests
 from pydantic import BaseModel, ConfigDict, create_model, field_validator
 from pydantic_core import PydanticCustomError
 
-from limsync.connectors.auth import BasicAuth, HeaderAuth
-from limsync.connectors.base import Connector, ConnectorSettings, ReadContext, Stream
-from limsync.connectors.http import raise_for_response, redact_url, send
-from limsync.connectors.pagination import (
-    Fetch,
+from limsync.connectors import (
+    BasicAuth,
+    Connector,
+    ConnectorSettings,
+    Cursor,
+    HeaderAuth,
     HeaderTotal,
     LimitOffset,
     NextLink,
     Page,
     PageNumber,
     Paginator,
+    ReadContext,
     Record,
+    SinglePage,
+    Stream,
+    nothing_known,
+    raise_for_response,
+    redact_url,
+    send,
 )
 from limsync.connectors.rest.settings import (
     BasicAuthSettings,
@@ -45,56 +53,16 @@ from limsync.connectors.rest.settings import (
     RestStreamSettings,
     TokenLoginSettings,
 )
-from limsync.connectors.streams import Cursor, nothing_known
 from limsync.errors import (
     AuthenticationError,
     ConfigError,
-    PaginationError,
     RecordError,
     SourceError,
 )
 
-__all__ = ["RestConnector", "SinglePage", "build_paginator"]
+__all__ = ["RestConnector", "build_paginator"]
 
 log = logging.getLogger(__name__)
-
-
-class SinglePage(Paginator):
-    """An unpaged listing: one GET returns every record (``pagination = { style = "none" }``)."""
-
-    def __init__(self, results_key: str | None = None) -> None:
-        super().__init__(page_size=1)
-        self.results_key = results_key
-
-    def page_size_for(self, requested: int | None) -> int:
-        """Any page size is accepted: none is sent."""
-        return requested or 1
-
-    def pages(
-        self,
-        fetch: Fetch,
-        url: str,
-        params: Mapping[str, Any] | None = None,
-        *,
-        page_size: int | None = None,
-    ) -> Iterator[Page]:
-        """The one page of the listing (nothing when it is empty)."""
-        response = fetch(url, params=dict(params or {}))
-        raise_for_response(response)
-        try:
-            body = response.json()
-        except ValueError:
-            raise PaginationError(
-                f"GET {redact_url(response.url or url)}: the response is not JSON"
-            ) from None
-        items = body.get(self.results_key) if self.results_key and isinstance(body, dict) else body
-        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-            where = f"a {self.results_key!r} list" if self.results_key else "a JSON array"
-            raise PaginationError(
-                f"GET {redact_url(url)}: expected {where} of objects in the response"
-            )
-        if items:
-            yield items
 
 
 def build_paginator(conf: PaginationSettings, records: str) -> Paginator:

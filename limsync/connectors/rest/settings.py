@@ -19,7 +19,10 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
 
 from limsync.config.duration import parse_duration
-from limsync.connectors.base import ConnectorSettings, StreamSettings
+from limsync.connectors import (
+    ConnectorSettings,
+    StreamSettings,
+)
 
 __all__ = [
     "Auth",
