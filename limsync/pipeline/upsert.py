@@ -362,18 +362,33 @@ def _readable(
     return {c: codecs[spec.column_names.index(c)].decode(row[c]) for c in columns}
 
 
+def select_by_keys(
+    db: Database,
+    conn: sa.Connection,
+    spec: TableSpec,
+    select: Sequence[str],
+    match: Sequence[str],
+    keys: Sequence[Key],
+) -> Iterator[Any]:
+    """Rows (``select`` columns, as the driver returns them) whose ``match`` columns equal one
+    of ``keys`` (encoded values): one statement per chunk, in the form each dialect answers
+    from an index (an ``IN`` list, typed arrays on PostgreSQL, a joined VALUES list on SQLite).
+    """
+    step = max(1, MAX_PARAMS[db.dialect] // max(1, len(match)))
+    for start in range(0, len(keys), step):
+        part = keys[start : start + step]
+        sql = _in_sql(db, spec, tuple(select), tuple(match), len(part))
+        yield from conn.exec_driver_sql(sql, _params(db, part))
+
+
 def _existing_keys(
     db: Database, conn: sa.Connection, spec: TableSpec, columns: Sequence[str], keys: list[Key]
 ) -> set[Key]:
     codecs = [db.codecs(spec)[spec.column_names.index(c)] for c in columns]
-    found: set[Key] = set()
-    step = max(1, MAX_PARAMS[db.dialect] // max(1, len(columns)))
-    for start in range(0, len(keys), step):
-        part = keys[start : start + step]
-        sql = _in_sql(db, spec, tuple(columns), tuple(columns), len(part))
-        for r in conn.exec_driver_sql(sql, _params(db, part)):
-            found.add(tuple(c.stored(v) for c, v in zip(codecs, r, strict=True)))
-    return found
+    return {
+        tuple(c.stored(v) for c, v in zip(codecs, r, strict=True))
+        for r in select_by_keys(db, conn, spec, columns, columns, keys)
+    }
 
 
 def _db_problem(exc: sa.exc.DBAPIError) -> str:

@@ -161,7 +161,7 @@ def resolve_lookups(
     db: Database, conn: Any, rows: Sequence[tuple[TableSpec, Row]]
 ) -> dict[int, str]:
     """Replace :class:`Lookup` values in ``rows`` in place; returns {row index: problem}."""
-    from limsync.pipeline.upsert import placeholder  # the SQL helpers live with the upsert
+    from limsync.pipeline.upsert import select_by_keys  # the SQL helpers live with the upsert
 
     wanted: dict[tuple[str, tuple[str, ...], str], set[tuple[Any, ...]]] = {}
     for _, row in rows:
@@ -178,24 +178,15 @@ def resolve_lookups(
         names = spec.column_names
         enc = [codecs[names.index(c)] for c in cols]
         out_codec = codecs[names.index(column)]
-        p = placeholder(db)
         result: dict[tuple[Any, ...], list[Any]] = {}
-        vals = list(values)
-        for start in range(0, len(vals), 500):
-            part = vals[start : start + 500]
-            tup = "(" + ", ".join([p] * len(cols)) + ")"
-            cond = f"({', '.join(db.quote(c) for c in cols)}) IN ({', '.join([tup] * len(part))})"
-            select = ", ".join(db.quote(c) for c in (*cols, column))
-            sql = f"SELECT {select} FROM {db.qualified(spec)} WHERE {cond}"  # noqa: S608
-            params = tuple(c.encode(v) for key in part for c, v in zip(enc, key, strict=True))
-            by_encoded = {
-                tuple(c.encode(v) for c, v in zip(enc, key, strict=True)): key for key in part
-            }
-            for r in conn.exec_driver_sql(sql, params):
-                stored = tuple(c.stored(v) for c, v in zip(enc, r[: len(cols)], strict=True))
-                key = by_encoded.get(stored)
-                if key is not None:
-                    result.setdefault(key, []).append(out_codec.decode(r[len(cols)]))
+        by_encoded = {
+            tuple(c.encode(v) for c, v in zip(enc, key, strict=True)): key for key in values
+        }
+        for r in select_by_keys(db, conn, spec, (*cols, column), cols, list(by_encoded)):
+            stored = tuple(c.stored(v) for c, v in zip(enc, r[: len(cols)], strict=True))
+            key = by_encoded.get(stored)
+            if key is not None:
+                result.setdefault(key, []).append(out_codec.decode(r[len(cols)]))
         found[sig] = result
     problems: dict[int, str] = {}
     for i, (_, row) in enumerate(rows):
