@@ -6,6 +6,9 @@
 - SQLite: a row in ``~limsync_lock`` with holder, host, pid and an expiry. A lock whose holder
   process is gone (same host, pid not alive) or whose expiry passed is taken over; holders
   refresh the expiry as they work.
+
+On MySQL and PostgreSQL the holder also writes that row, for information only, so a process
+refused the lock can say who holds it (``LockHeldError.holder``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import datetime as dt
 import hashlib
 import os
 import socket
+import time
 from collections.abc import Iterator
 
 import sqlalchemy as sa
@@ -63,8 +67,31 @@ class Lock:
             raise
         if not got:
             conn.close()
-            raise LockHeldError(self.name)
+            raise LockHeldError(self.name, self._holder_info())
         self._conn = conn
+        self._write_info()
+
+    def _write_info(self) -> None:
+        """Record who holds a server lock (replacing what a killed holder left behind)."""
+        st = ensure(self.db)
+        now = utcnow()
+        with self.db.transaction() as conn:
+            conn.execute(st.lock.delete().where(st.lock.c.name == self.name))
+            conn.execute(
+                st.lock.insert().values(
+                    name=self.name, holder=self.holder, host=socket.gethostname(),
+                    pid=os.getpid(), acquired_at=now, expires_at=now + self.ttl,
+                )
+            )  # fmt: skip
+
+    def _holder_info(self) -> str | None:
+        # The holder writes its row just after taking the lock: look again briefly.
+        for attempt in range(3):
+            found = holder(self.db, self.name)
+            if found is not None or attempt == 2:
+                return found
+            time.sleep(0.05)
+        return None
 
     def refresh(self) -> None:
         """Push the expiry forward (SQLite); server locks need nothing."""
@@ -92,6 +119,19 @@ class Lock:
         if self._conn is None:
             return
         try:
+            st = ensure(self.db)
+            with self.db.transaction() as conn:
+                conn.execute(
+                    st.lock.delete().where(
+                        st.lock.c.name == self.name, st.lock.c.holder == self.holder
+                    )
+                )
+        finally:
+            self._release_server_lock()
+
+    def _release_server_lock(self) -> None:
+        assert self._conn is not None
+        try:
             if self.db.dialect == "mysql":
                 self._conn.exec_driver_sql("SELECT RELEASE_LOCK(%s)", (self._server_name,))
             else:
@@ -114,7 +154,7 @@ class Lock:
                     row["host"] == host and not _pid_alive(int(row["pid"]))
                 )
                 if not stale:
-                    raise LockHeldError(self.name, str(row["holder"]))
+                    raise LockHeldError(self.name, _describe(row))
                 conn.execute(t.delete().where(t.c.name == self.name))
             now = utcnow()
             conn.execute(
@@ -123,6 +163,19 @@ class Lock:
                     acquired_at=now, expires_at=now + self.ttl,
                 )
             )  # fmt: skip
+
+
+def holder(db: Database, name: str) -> str | None:
+    """Who holds the lock ``name`` ("host h, pid p, since t"), if it is held and recorded."""
+    t = ensure(db).lock
+    with db.engine.connect() as conn:
+        row = conn.execute(sa.select(t).where(t.c.name == name)).mappings().first()
+    return None if row is None else _describe(row)
+
+
+def _describe(row: sa.RowMapping) -> str:
+    since = row["acquired_at"].strftime("%Y-%m-%d %H:%M:%SZ")
+    return f"host {row['host']}, pid {row['pid']}, since {since}"
 
 
 @contextlib.contextmanager

@@ -44,7 +44,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from limsync.config.duration import format_duration
 from limsync.config.settings import Settings
 from limsync.errors import ConfigError, DatabaseError, DatabaseUnreachableError, LimsyncError
-from limsync.pipeline import state
+from limsync.pipeline import locks, state
 from limsync.pipeline.database import Database
 from limsync.sync import logcontext
 from limsync.sync.alerts import Alert, Alerter
@@ -392,16 +392,22 @@ class Daemon:
                       type(log_exc).__name__)  # fmt: skip
 
     def _holder(self, connector: str) -> str:
-        """Who holds a connector's lock, as far as the run log tells."""
+        """Who holds a connector's lock: the lock's own record, else the run log."""
         assert self.db is not None
         try:
+            held_by = locks.holder(self.db, f"sync:{connector}")
             running = state.runs(self.db, connector=connector, status="running", limit=1)
         except (LimsyncError, sa.exc.SQLAlchemyError):
-            running = []
-        if not running:
-            return "holder unknown"
-        r = running[0]
-        return f"host {r['host']}, pid {r['pid']}, run {r['run_id']} since {_when(r['started_at'])}"
+            held_by, running = None, []
+        if held_by is not None:
+            return held_by
+        if running:  # a lock taken before this version recorded its holder
+            run = running[0]
+            return (
+                f"host {run['host']}, pid {run['pid']}, run {run['run_id']} "
+                f"since {_when(run['started_at'])}"
+            )
+        return "holder unknown"
 
     def _after(self, spec: JobSpec, result: dict[str, Any], seconds: float) -> None:
         """Metrics, backoff, alerts and one log line for a finished run."""

@@ -539,8 +539,10 @@ def _make_handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                     self.connection.shutdown(socket.SHUT_RDWR)
                 server._record(request, None, fault, t0)
                 return
-            self._send(request, reply)
+            # Logged before the reply goes out: a client that reads the log as soon as its
+            # response arrives must find the request there.
             server._record(request, reply.status, fault, t0)
+            self._send(request, reply)
 
         def _send(self, request: Request, reply: Reply) -> None:
             data, content_type = encode_body(reply)
