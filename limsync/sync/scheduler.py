@@ -374,7 +374,16 @@ class Daemon:
             self._record_failure(spec, result, exc)
             return
         counts = outcome.to_dict() if hasattr(outcome, "to_dict") else outcome
-        result.update(outcome="success", counts=counts if isinstance(counts, dict) else {})
+        # Keys whose make failed are recorded per key and do not stop the run, but the run
+        # failed: it counts as such for backoff, alerts and metrics, as in the run log.
+        ok = bool(getattr(outcome, "ok", True))
+        error = getattr(outcome, "error", None)
+        result.update(
+            outcome="success" if ok else "failed",
+            run_id=getattr(outcome, "run_id", None) or None,
+            counts=counts if isinstance(counts, dict) else {},
+            error=None if ok else (error() if callable(error) else "populate failed"),
+        )
 
     def _record_failure(self, spec: JobSpec, result: dict[str, Any], exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"

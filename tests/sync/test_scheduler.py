@@ -150,17 +150,24 @@ def test_a_populate_entry_populates_and_is_in_the_run_log(
     daemon = Daemon(s)
     (spec,) = daemon.check()
     daemon.db = Database(url)
-    daemon.metrics = Metrics(daemon.connectors, {}, clock=daemon.clock)
+    metrics = daemon.metrics = Metrics(daemon.connectors, {}, clock=daemon.clock)
     try:
         daemon._job(spec)  # what the scheduler calls when the entry falls due
+        assert db.count(tables.SessionStat) == 6
+        assert db.count(tables.SessionStat.Channel) == 12
+        (run,) = state.runs(db, connector="populate")
+        assert run["status"] == "success" and run["kind"] == "populate"
+
+        # A key whose make fails: the run goes on, but it failed, for the daemon too.
+        with db.transaction() as conn:
+            upsert(db, conn, tables.Session, [{"subject_id": 1, "session_no": 9, "value": -1.0}])
+        daemon._job(spec)
     finally:
         daemon.db.dispose()
+    failed, _ = state.runs(db, connector="populate")
+    assert failed["status"] == "failed" and "1 key(s) failed" in failed["error"]
+    assert daemon.failures == {"populate": 1} and "populate" in daemon.not_before
+    labels = {"connector": "populate", "kind": "populate", "outcome": "failed"}
+    assert metrics.registry.get_sample_value("limsync_runs_total", labels) == 1
     assert db.count(tables.SessionStat) == 6
-    assert db.count(tables.SessionStat.Channel) == 12
-    (run,) = (
-        state.runs(db, kind="populate")
-        if "kind" in state.runs.__code__.co_varnames
-        else [r for r in state.runs(db) if r["kind"] == "populate"]
-    )
-    assert run["status"] == "success"
     db.dispose()
