@@ -440,9 +440,12 @@ class Daemon:
                 previous = self.failures.pop(key, 0)
                 self.not_before.pop(key, None)
                 c = result["counts"]
-                log.info("%s succeeded: %s new, %s changed, %s unchanged, %s quarantined",
-                         spec.entry.select, c.get("new", 0), c.get("changed", 0),
-                         c.get("unchanged", 0), c.get("quarantined", 0))  # fmt: skip
+                if spec.kind == "populate":
+                    log.info("populate succeeded: %s key(s) made", c.get("made", 0))
+                else:
+                    log.info("%s succeeded: %s new, %s changed, %s unchanged, %s quarantined",
+                             spec.entry.select, c.get("new", 0), c.get("changed", 0),
+                             c.get("unchanged", 0), c.get("quarantined", 0))  # fmt: skip
                 if previous:
                     self.alerter.send(Alert("recovery", key, spec.entry.select,
                                             f"succeeded after {previous} failed run(s)", run_id,
