@@ -37,8 +37,8 @@ def pipeline_of(settings: Settings) -> tuple[list[TableSpec], dict[str, list[str
                 for spec in smap.specs:
                     specs.setdefault(spec.qualname, spec)
     # The computed tables limsync populates ([populate] tables), with their Part tables.
-    for cls in load_tables(settings.populate.tables):
-        for spec in specs_of(cls):
+    for populated in load_tables(settings.populate.tables):
+        for spec in specs_of(populated):
             specs.setdefault(spec.qualname, spec)
     return list(specs.values()), feeds
 
