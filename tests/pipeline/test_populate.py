@@ -23,7 +23,18 @@ from populate_tables import (
 )
 
 from limsync.errors import DeclarationError, PopulateError
-from limsync.pipeline import Computed, Database, Key, Manual, Ref, Schema, ledger, state, upsert
+from limsync.pipeline import (
+    Computed,
+    Database,
+    Key,
+    Manual,
+    Part,
+    Ref,
+    Schema,
+    ledger,
+    state,
+    upsert,
+)
 from limsync.pipeline.populate import after_sync, backlog, errors, populate, process_outbox
 from limsync.pipeline.populate import jobs as jobs_mod
 from limsync.pipeline.tables import MakeResult
@@ -161,6 +172,41 @@ def test_make_returning_a_row_of_another_key_is_an_error(db: Database) -> None:
     report = populate(db, [Wrong])
     assert report.tables[0].failed == 1
     assert "returned a popbad.__wrong row for up_id=2" in errors(db)[0]["error_message"]
+
+
+def test_make_may_insert_its_rows_instead_of_returning_them(db: Database) -> None:
+    s = Schema("popins")
+
+    class Up(Manual):
+        __schema__ = s
+        up_id: Annotated[int, Key]
+
+    class Inserted(Computed):
+        __schema__ = s
+        __references__ = (Ref(Up, key=True),)
+        x: int
+
+        class Item(Part):
+            item: Annotated[int, Key]
+
+        def make(self, key: dict[str, Any]) -> MakeResult:
+            self.insert1({"x": key["up_id"] * 10})  # DataJoint's habit
+            self.insert([(Inserted.Item, {"item": i}) for i in range(key["up_id"])])
+            if key["up_id"] == 3:
+                raise ValueError("after inserting")  # nothing of this key may land
+            return None
+
+    db.declare(s)
+    with db.transaction() as conn:
+        upsert(db, conn, Up, [{"up_id": i} for i in (1, 2, 3)])
+    report = populate(db, [Inserted])
+    assert (report.tables[0].made, report.tables[0].failed) == (2, 1)
+    assert db.fetch(Inserted) == [{"up_id": 1, "x": 10}, {"up_id": 2, "x": 20}]
+    assert sorted((r["up_id"], r["item"]) for r in db.fetch(Inserted.Item)) == [
+        (1, 0), (2, 0), (2, 1)
+    ]  # fmt: skip
+    with pytest.raises(PopulateError, match="insert1 works only inside make"):
+        Inserted().insert1({"up_id": 9, "x": 1})
 
 
 # --- change-driven recompute
