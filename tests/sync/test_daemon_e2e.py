@@ -356,12 +356,15 @@ def subjects(db: Database) -> int:
         return 0
 
 
-def slow_daemon(tmp_path: Path, db_url: str, prefix: str, alyx: FakeAlyx) -> DaemonProcess:
+def slow_daemon(
+    tmp_path: Path, db_url: str, prefix: str, alyx: FakeAlyx, **daemon: Any
+) -> DaemonProcess:
     """A daemon whose first run takes a couple of seconds (small pages, a slow server)."""
     alyx.faults.set(delay=0.02)
     config = write_config(
         tmp_path / "limsync.toml", db_url, prefix, alyx.url, page_size=5,
-        schedule=[{"select": "alyx", "interval": "1s"}], daemon={"metrics_address": ""},
+        schedule=[{"select": "alyx", "interval": "1s"}],
+        daemon={"metrics_address": "", **daemon},
     )  # fmt: skip
     return DaemonProcess(config)
 
@@ -432,6 +435,31 @@ def test_a_second_signal_stops_at_once_without_a_partial_batch(
         runs = alyx_runs(db)
         assert runs and runs[-1]["status"] == "interrupted", runs
         assert "HardStop" in runs[-1]["error"]
+        assert_no_partial_batch(db)
+    finally:
+        db.dispose()
+
+
+def test_a_stop_that_takes_longer_than_stop_timeout_becomes_immediate(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    """One signal, and a batch that cannot finish in time: the daemon still exits, boundedly."""
+    db_url = f"sqlite:///{tmp_path / 'timeout.db'}"
+    db = Database(db_url)
+    try:
+        with FakeAlyx(small_colony()) as alyx:
+            d = slow_daemon(tmp_path, db_url, "", alyx, stop_timeout="1s")
+            daemons.append(d)
+            wait_for("a run with a few batches written",
+                     lambda: alyx.requests > 12 and subjects(db) > 0, proc=d)  # fmt: skip
+            alyx.faults.set(delay=3.0)  # each request now outlasts stop_timeout
+            seen = alyx.requests
+            wait_for("a slow request", lambda: alyx.requests > seen, proc=d)
+            code = d.stop(signal.SIGTERM, timeout=30)  # one signal only
+        assert code == 128 + signal.SIGTERM, d.log_text()
+        assert d.messages("after stop_timeout: stopping at once")
+        runs = alyx_runs(db)
+        assert runs and runs[-1]["status"] == "interrupted", runs
         assert_no_partial_batch(db)
     finally:
         db.dispose()
