@@ -367,7 +367,9 @@ class Daemon:
         db = self.db
         assert db is not None
         try:
-            outcome = populate_function()(db, self.settings)
+            # Log lines of the run (a make's errors, say) name it, as a sync's name its connector.
+            with logcontext.bound(connector=spec.connector):
+                outcome = populate_function()(db, self.settings)
         except Exception as exc:
             if not isinstance(exc, LimsyncError):
                 log.exception("populate crashed")
