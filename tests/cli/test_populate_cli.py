@@ -115,3 +115,26 @@ def test_no_tables_configured(tmp_path: Path) -> None:
     path.write_text(f'database_url = "sqlite:///{tmp_path / "x.db"}"\n', encoding="utf-8")
     result = invoke("populate", "--config", str(path))
     assert result.exit_code == 2 and "no tables to populate" in result.output
+
+
+def test_progress_bars_count_made_and_failed_keys_per_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+    import sys
+
+    from rich.console import Console
+
+    from limsync.cli import populate as populate_cli
+
+    screen = io.StringIO()
+    monkeypatch.setattr(populate_cli, "err", Console(file=screen, force_terminal=True, width=100))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    with populate_cli._bars(enabled=True) as advance:
+        assert advance is not None
+        advance("derived.__stat", 5, 1, 10)
+        advance("derived.__stat", 3, 1, 10)
+    text = screen.getvalue()
+    assert "derived.__stat" in text and "10/10" in text and "2 failed" in text
+    with populate_cli._bars(enabled=False) as nothing:  # --json: no bars
+        assert nothing is None
