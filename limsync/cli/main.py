@@ -201,7 +201,7 @@ def connectors() -> None:
 @json_option
 @click.option("--connector", help="Only this connector.")
 @click.option("--status", "status_", help="Only runs with this status.")
-@click.option("--kind", help="Only runs of this kind (sync, populate, replay).")
+@click.option("--kind", help="Only runs of this kind (sync, migrate, populate, replay).")
 @click.option("--since", help="Only runs started within this duration (2h, 1d) or since a UTC "
               "date/time (2025-01-31, 2025-01-31T02:00).")  # fmt: skip
 @click.option("--limit", default=20, show_default=True, help="How many runs.")
