@@ -158,3 +158,9 @@ class SyncError(LimsyncError):
 
 class PopulateError(LimsyncError):
     """A populate run could not proceed (as opposed to a ``make`` error, which is recorded)."""
+
+
+class RestrictionError(PopulateError):
+    """A populate restriction names a column that no key-source table has (a usage error)."""
+
+    exit_code = 2

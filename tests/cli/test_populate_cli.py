@@ -102,7 +102,8 @@ def test_populate_records_errors_lists_them_and_retries_on_request(
     "args, problem",
     [(["--restriction", "{subject"], "--restriction is not valid JSON"),
      (["--restriction", "[1]"], "must be a JSON object"),
-     (["nowhere_xyz.Table"], "cannot be imported")],
+     (["nowhere_xyz.Table"], "cannot be imported"),
+     (["--restriction", '{"nope": 1}'], "no key-source table has a column 'nope'")],
 )  # fmt: skip
 def test_usage_errors_say_what_is_wrong(config: Path, args: list[str], problem: str) -> None:
     result = invoke("populate", "--config", str(config), *args)
