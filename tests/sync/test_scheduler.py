@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -203,3 +204,49 @@ def test_a_populate_entry_populates_and_is_in_the_run_log(
     assert metrics.registry.get_sample_value("limsync_runs_total", labels) == 1
     assert db.count(tables.SessionStat) == 6
     db.dispose()
+
+
+def test_the_populate_after_a_sync_alerts_on_its_own_streak(tmp_path: Path) -> None:
+    """Failed keys after a successful sync: one failure alert, one recovery alert, and the
+    connector's sync neither fails nor backs off."""
+    from limsync.pipeline.populate.run import PopulateReport, TableReport
+
+    got: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        hook = f"http://127.0.0.1:{httpd.server_address[1]}/hook"
+        s = settings(tmp_path, [{"select": "alyx", "interval": "1h"}],
+                     alerts={"webhook_url": hook}, daemon={"metrics_address": ""})  # fmt: skip
+        daemon = Daemon(s)
+        (spec,) = job_specs(s)
+
+        def report(failed: int, run_id: int) -> PopulateReport:
+            return PopulateReport("outbox", run_id, [TableReport("analysis.__stat", failed=failed)])
+
+        daemon._after_sync_populate(spec, report(2, 11))
+        daemon._after_sync_populate(spec, report(1, 12))  # still failing: no second alert
+        daemon._after_sync_populate(spec, report(0, 13))
+        daemon._after_sync_populate(spec, report(0, 14))  # still fine: nothing
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert [(d["event"], d["connector"], d["run_id"]) for d in got] == [
+        ("failure", "populate", 11),
+        ("recovery", "populate", 13),
+    ]
+    assert got[0]["selection"] == "alyx (after sync)"
+    assert "2 key(s) failed" in got[0]["message"]
+    assert got[1]["message"] == "succeeded after 2 failed run(s)"
+    assert daemon.failures == {} and daemon.not_before == {}  # the sync itself is not backed off
