@@ -1,4 +1,8 @@
-"""Progress bars on a terminal: records read per stream, with a rate."""
+"""Progress bars on a terminal: records read per stream, with a rate.
+
+They are drawn on stderr, and only when stderr is a terminal: stdout carries the results (the
+summary table, ``--json``), which a script may redirect to a file.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from rich.console import Console
 from rich.progress import (
     Progress,
     ProgressColumn,
@@ -38,6 +43,7 @@ def progress_bars(enabled: bool = True) -> Iterator[ProgressCallback | None]:
         TextColumn("{task.completed:>8,} records"),
         _Rate(),
         TimeElapsedColumn(),
+        console=Console(stderr=True),
         transient=False,
     ) as bars:
         tasks: dict[str, TaskID] = {}
