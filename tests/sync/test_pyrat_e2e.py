@@ -84,6 +84,14 @@ def test_first_sync_then_unchanged(db: Database, db_url: str, pyrat: FakePyrat) 
     assert db.count(pm.Subject) == len(colony.animals)
     assert db.count(pm.Line) == len(colony.strains)
     assert db.count(pm.Pup) == len(colony.pups)
+    assert db.count(pm.User) == len(colony.users)
+    assert db.count(pm.Project) == len(colony.projects)
+    protocols = {r["protocol_id"]: r["protocol"] for r in db.fetch(pm.Protocol)}
+    assert protocols == {x["license_id"]: x["license_number"] for x in colony.licenses}
+    alleles = {m["mutation_id"] for a in colony.animals for m in a["mutations"]}
+    assert {r["allele_id"] for r in db.fetch(pm.Allele)} == alleles
+    genotypes = {(a["animalid"], m["mutation_id"]) for a in colony.animals for m in a["mutations"]}
+    assert {(r["animal_id"], r["allele_id"]) for r in db.fetch(pm.SubjectGenotype)} == genotypes
     reachable = addressable(colony)
     ids = [a["animalid"] for a in reachable]
     assert db.count(pm.SubjectWeight) == len(colony.items("weights", ids))
