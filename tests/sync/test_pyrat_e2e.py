@@ -257,3 +257,15 @@ def test_a_sync_with_a_wrong_token_names_it_and_writes_nothing(
     assert f"{other} token" not in message and "0-wrong" not in message
     assert info.value.exit_code == 2
     assert set(pyrat.requests_by_path) == {"/credentials"}  # nothing read past the check
+
+
+def test_histories_are_optional(db: Database, db_url: str, pyrat: FakePyrat) -> None:
+    histories = ("weights", "comments", "procedures")
+    streams = {name: {"enabled": False} for name in histories}
+    settings = make_settings(db_url, db.schema_prefix, pyrat.url, streams=streams)
+    report = run(settings, db)
+    assert report.ok, report.first_error()
+    assert not {s.stream for s in report.streams} & set(histories)
+    assert db.count(pm.Subject) == len(pyrat.colony.animals)
+    assert db.count(pm.SubjectWeight) == 0
+    assert not [p for p in pyrat.requests_by_path if p.count("/") == 3]  # no per-animal request
