@@ -91,6 +91,10 @@ def test_first_sync_then_unchanged(db: Database, db_url: str, pyrat: FakePyrat) 
     alleles = {m["mutation_id"] for a in colony.animals for m in a["mutations"]}
     assert {r["allele_id"] for r in db.fetch(pm.Allele)} == alleles
     genotypes = {(a["animalid"], m["mutation_id"]) for a in colony.animals for m in a["mutations"]}
+    # Both spellings: licence_* on animals, license_* on procedures.
+    titles = {r["licence_title"] for r in db.fetch(pm.Subject)}
+    assert titles == {"Zucht", None}
+    assert {r["license_number"] for r in db.fetch(pm.SubjectProcedure)} == {"02_Zucht"}
     assert {(r["animal_id"], r["allele_id"]) for r in db.fetch(pm.SubjectGenotype)} == genotypes
     reachable = addressable(colony)
     ids = [a["animalid"] for a in reachable]
