@@ -367,14 +367,25 @@ class Daemon:
         db = self.db
         assert db is not None
         try:
-            outcome = populate_function()(db, self.settings)
+            # Log lines of the run (a make's errors, say) name it, as a sync's name its connector.
+            with logcontext.bound(connector=spec.connector):
+                outcome = populate_function()(db, self.settings)
         except Exception as exc:
             if not isinstance(exc, LimsyncError):
                 log.exception("populate crashed")
             self._record_failure(spec, result, exc)
             return
         counts = outcome.to_dict() if hasattr(outcome, "to_dict") else outcome
-        result.update(outcome="success", counts=counts if isinstance(counts, dict) else {})
+        # Keys whose make failed are recorded per key and do not stop the run, but the run
+        # failed: it counts as such for backoff, alerts and metrics, as in the run log.
+        ok = bool(getattr(outcome, "ok", True))
+        error = getattr(outcome, "error", None)
+        result.update(
+            outcome="success" if ok else "failed",
+            run_id=getattr(outcome, "run_id", None) or None,
+            counts=counts if isinstance(counts, dict) else {},
+            error=None if ok else (error() if callable(error) else "populate failed"),
+        )
 
     def _record_failure(self, spec: JobSpec, result: dict[str, Any], exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"
@@ -431,9 +442,12 @@ class Daemon:
                 previous = self.failures.pop(key, 0)
                 self.not_before.pop(key, None)
                 c = result["counts"]
-                log.info("%s succeeded: %s new, %s changed, %s unchanged, %s quarantined",
-                         spec.entry.select, c.get("new", 0), c.get("changed", 0),
-                         c.get("unchanged", 0), c.get("quarantined", 0))  # fmt: skip
+                if spec.kind == "populate":
+                    log.info("populate succeeded: %s key(s) made", c.get("made", 0))
+                else:
+                    log.info("%s succeeded: %s new, %s changed, %s unchanged, %s quarantined",
+                             spec.entry.select, c.get("new", 0), c.get("changed", 0),
+                             c.get("unchanged", 0), c.get("quarantined", 0))  # fmt: skip
                 if previous:
                     self.alerter.send(Alert("recovery", key, spec.entry.select,
                                             f"succeeded after {previous} failed run(s)", run_id,

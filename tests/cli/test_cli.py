@@ -235,6 +235,12 @@ def test_demo_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     result = invoke("demo", "--db", str(target), "--subjects", "12", "--seed", "3")
     assert result.exit_code == 0, result.output
     assert "renamed_mouse" in result.stdout
+    # The weight summary is recomputed for exactly the three subjects whose rows changed.
+    text = " ".join(result.stdout.split())  # rich wraps long lines
+    assert "3 summaries made, 3 of them recomputed" in text
+    for why in ("weighing added", "weighing deleted", "subject renamed"):
+        assert text.count(f"({why})") == 1, text
+    assert "unexpected!" not in text and "differ from the changed ones" not in text
     assert target.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.db"]
 
