@@ -10,7 +10,6 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from rich.console import Console
 from rich.progress import (
     Progress,
     ProgressColumn,
@@ -22,6 +21,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from limsync.cli.common import err
 from limsync.sync.engine import Progress as ProgressCallback
 
 
@@ -43,7 +43,7 @@ def progress_bars(enabled: bool = True) -> Iterator[ProgressCallback | None]:
         TextColumn("{task.completed:>8,} records"),
         _Rate(),
         TimeElapsedColumn(),
-        console=Console(stderr=True),
+        console=err,
         transient=False,
     ) as bars:
         tasks: dict[str, TaskID] = {}
