@@ -136,6 +136,12 @@ class ReadContext:
     """Optional: in a full scan, keys the connector confirms exist without yielding their
     records (e.g. known, unchanged Alyx sessions whose details it does not re-fetch). The engine
     counts them as present. When None, connectors yield every record in a full scan."""
+    versions: Callable[[str], set[str]] | None = None
+    """Optional, for streams with a cursor: the distinct cursor values (source versions) of the
+    stored records whose value sorts at or after the given text bound. Every record the engine
+    stores (or finds unchanged) holds the cursor value of the copy it stored, so a record whose
+    current version is among these may be unchanged, and one whose version is not surely
+    changed (or is new). When None, the connector knows no versions."""
 
 
 def nothing_known(keys: Sequence[Key]) -> set[Key]:

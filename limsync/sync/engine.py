@@ -29,7 +29,7 @@ import sqlalchemy as sa
 
 from limsync.connectors.base import Connector, Key, ReadContext, Stream
 from limsync.errors import DeleteRefusedError, LimsyncError, LockHeldError, RowError
-from limsync.pipeline import ledger, state
+from limsync.pipeline import ledger, state, versions
 from limsync.pipeline.database import Database
 from limsync.pipeline.graph import build_graph, load_order
 from limsync.pipeline.locks import Lock
@@ -249,7 +249,18 @@ class SyncEngine:
         def confirm_seen(keys: Sequence[Key]) -> None:
             seen.update(_seen_id(ledger.key_text(k)) for k in keys)
 
-        ctx = ReadContext(full=full, cursor=cursor, known=known, seen=confirm_seen)
+        def held_versions(lower: str) -> set[str]:
+            with contextlib.ExitStack() as stack:
+                c = dry_conn or stack.enter_context(self.db.engine.connect())
+                return versions.held_since(c, self.st, self.name, name, lower)
+
+        ctx = ReadContext(
+            full=full,
+            cursor=cursor,
+            known=known,
+            seen=confirm_seen,
+            versions=held_versions if stream.cursor else None,
+        )
         pending: list[dict[str, Any]] = []
         for page in self.connector.read(name, ctx):
             if self._stop_requested():
@@ -317,6 +328,7 @@ class SyncEngine:
             entries = ledger.lookup(conn, self.st, self.name, name, keys, targets=False)
             self._duplicates(dupes, items, entries, sr, quarantined)
             todo: list[Item] = []
+            kept: list[Item] = []  # unchanged: their source version is held all the same
             for item in items:
                 item.old = entries.get(item.ktext)
                 if (
@@ -325,6 +337,7 @@ class SyncEngine:
                     and item.old.content_hash == item.hash
                 ):
                     sr.unchanged += 1
+                    kept.append(item)
                 else:
                     todo.append(item)
             # What changed records produced before (to delete rows they no longer produce):
@@ -360,10 +373,12 @@ class SyncEngine:
                 quarantined.append((item.ktext, "row", str(exc), item.raw))
                 continue
             ready.append(item)
-        if not ready and not quarantined and new_cursor is None:
+        if not ready and not quarantined and new_cursor is None and not (stream.cursor and kept):
             return
         with self._batch_tx(dry_conn) as conn:
             landed = self.writer.write(conn, ready, quarantined, sr, run_id, name)
+            if stream.cursor:
+                self._hold_versions(conn, name, [*landed, *kept])
             ledger.quarantine(conn, self.st, self.name, name, quarantined, run_id)
             # A key both landed and quarantined in one batch is a duplicate: keep its entry.
             held = {k for k, _, _, _ in quarantined}
@@ -377,6 +392,19 @@ class SyncEngine:
         sr.quarantined += len(quarantined)
         if quarantined and self.on_quarantine is not None:
             self.on_quarantine(name, quarantined)
+
+    def _hold_versions(self, conn: sa.Connection, name: str, stored: Sequence[Item]) -> None:
+        """Keep the cursor value of each stored record's copy as its source version, in the
+        batch's transaction; a record stored without one holds none."""
+        pairs: list[tuple[str, str]] = []
+        for item in stored:
+            value = self.connector.cursor_value(name, item.raw)
+            if value is not None:
+                pairs.append((item.ktext, value))
+        # Only records the ledger knew can hold a version already (a forgotten one holds none).
+        known = [item.ktext for item in stored if item.old is not None]
+        versions.drop(conn, self.st, self.name, name, known)
+        versions.hold(conn, self.st, self.name, name, pairs)
 
     def _duplicates(
         self,
@@ -460,6 +488,7 @@ class SyncEngine:
             for spec in reversed(load_order(self.db.spec(t) for t in targets)):
                 self.writer.delete_rows(conn, spec.qualname, targets[spec.qualname], sr, run_id)
             ledger.forget(conn, self.st, self.name, name, gone)
+            versions.drop(conn, self.st, self.name, name, gone)
         sr.deleted = len(gone)
 
 
