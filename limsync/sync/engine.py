@@ -401,9 +401,7 @@ class SyncEngine:
             value = self.connector.cursor_value(name, item.raw)
             if value is not None:
                 pairs.append((item.ktext, value))
-        # Only records the ledger knew can hold a version already (a forgotten one holds none).
-        known = [item.ktext for item in stored if item.old is not None]
-        versions.drop(conn, self.st, self.name, name, known)
+        versions.drop(conn, self.st, self.name, name, [item.ktext for item in stored])
         versions.hold(conn, self.st, self.name, name, pairs)
 
     def _duplicates(
