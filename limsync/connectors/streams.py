@@ -142,6 +142,10 @@ class ReadContext:
     stores (or finds unchanged) holds the cursor value of the copy it stored, so a record whose
     current version is among these may be unchanged, and one whose version is not surely
     changed (or is new). When None, the connector knows no versions."""
+    unhold: Callable[[Sequence[Key]], None] | None = None
+    """Optional, with ``versions``: drop the versions held for these keys once the stream's
+    records are stored, so a later read treats them as changed. For a connector that saw
+    records change while it read them: the versions it yielded may not be the current ones."""
 
 
 def nothing_known(keys: Sequence[Key]) -> set[Key]:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import random
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+import requests
 
 from limsync.connectors import Key, ReadContext
 from limsync.connectors.alyx import AlyxConnector, AlyxSettings
@@ -147,8 +149,6 @@ def test_without_a_schema_the_whole_window_is_fetched(colony: Colony, alyx: Fake
 
 
 def test_an_overlong_request_line_gets_gunicorns_400(alyx: FakeAlyx) -> None:
-    import requests
-
     token = requests.post(
         f"{alyx.url}/auth-token",
         data={"username": FakeAlyx.DEFAULT_USERNAME, "password": FakeAlyx.DEFAULT_PASSWORD},
@@ -161,3 +161,98 @@ def test_an_overlong_request_line_gets_gunicorns_400(alyx: FakeAlyx) -> None:
     assert "Request Line is too large" in reply.text
     short = requests.get(f"{alyx.url}/sessions?limit=1", headers=headers, timeout=10)
     assert short.status_code == 200
+
+
+# --- sessions that change while a read fetches details ------------------------------------------
+
+
+def racing_read(
+    colony: Colony, alyx: FakeAlyx, touch_unread: bool
+) -> tuple[list[Key], dict[str, str]]:
+    """Read the changed sessions while one transaction stamps two sessions alike mid-read.
+
+    Two sessions of the window changed since they were stored (so both are listed). After the
+    first of them is fetched, one update (one stamp, like ``QuerySet.update()``) changes it and
+    the second, which is fetched after the commit; with ``touch_unread``, it changes an
+    unchanged third session instead of the first. Returns what the connector unheld and the
+    three sessions by role.
+    """
+    by_id = stamps(colony)
+    cursor = max(by_id.values())
+    since = datetime.fromisoformat(cursor) - timedelta(days=1)
+    window = sorted(
+        (s for s, v in by_id.items() if datetime.fromisoformat(v) >= since),
+        key=lambda s: colony.record("session", s).start_time,
+        reverse=True,  # the list's order: the first is fetched first
+    )
+    first, second, third = window[0], window[-1], window[len(window) // 2]
+    colony.now = datetime.fromisoformat(cursor) + timedelta(minutes=1)
+    colony.modify_session(first, narrative="changed before the read")
+    colony.modify_session(second, narrative="changed before the read")
+    held = set(stamps(colony).values()) - {stamps(colony)[first], stamps(colony)[second]}
+    racing = {first: False}
+    update = datetime.fromisoformat(cursor) + timedelta(minutes=5)
+
+    def commit_after_first(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        if response.url.endswith(f"/sessions/{first}") and not racing[first]:
+            racing[first] = True
+            for sid in (third if touch_unread else first, second):
+                colony.now = update  # one statement: one auto_now stamp for every row
+                colony.modify_session(sid, narrative="bulk update")
+
+    session = requests.Session()
+    session.hooks["response"].append(commit_after_first)
+    c = AlyxConnector(
+        "alyx",
+        AlyxSettings(
+            base_url=alyx.url,
+            username=FakeAlyx.DEFAULT_USERNAME,
+            password=FakeAlyx.DEFAULT_PASSWORD,
+            rate_limit_per_minute=None,
+            detail_workers=1,
+        ),
+        session=session,
+    )
+    unheld: list[Key] = []
+    ctx = context(cursor, held)
+    ctx.unhold = unheld.extend
+    read_ids(c, ctx)
+    assert racing[first]
+    return unheld, {"first": first, "second": second, "third": third}
+
+
+def key_of(sid: str) -> Key:
+    return (uuid.UUID(sid),)
+
+
+def test_a_session_read_before_a_concurrent_update_unholds_the_read() -> None:
+    colony = Colony.generate(seed=3, n_subjects=150, sessions_per_subject=2)
+    with FakeAlyx(colony) as alyx:
+        unheld, role = racing_read(colony, alyx, touch_unread=False)
+    # The first was read before the update and the second after it: both are read again.
+    assert {key_of(role["first"]), key_of(role["second"])} <= set(unheld)
+
+
+def test_an_unread_session_of_a_concurrent_update_unholds_the_read() -> None:
+    colony = Colony.generate(seed=3, n_subjects=150, sessions_per_subject=2)
+    with FakeAlyx(colony) as alyx:
+        unheld, role = racing_read(colony, alyx, touch_unread=True)
+    # The third shares the second's new stamp without being read: the second is unheld, so
+    # that stamp is not left out next time and the third is listed.
+    assert key_of(role["second"]) in set(unheld)
+
+
+def test_without_a_concurrent_update_the_versions_stay_held(colony: Colony, alyx: FakeAlyx) -> None:
+    by_id = stamps(colony)
+    cursor = max(by_id.values())
+    recent = sorted(by_id, key=by_id.__getitem__)[-2:]
+    held = {v for s, v in by_id.items() if s not in recent}
+    unheld: list[Key] = []
+    ctx = context(cursor, held)
+    ctx.unhold = unheld.extend
+    assert read_ids(connector(alyx), ctx) == sorted(recent)
+    assert unheld == []
+    # Each read once, checked once; then one listing of their stamps.
+    assert alyx.requests_by_route[DETAIL] == 4
+    checks = [r for r in alyx.request_log if "auto_datetime__in" in r.query and "~" not in r.query]
+    assert len(checks) == 1

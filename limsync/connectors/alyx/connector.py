@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, Literal, Self
@@ -54,8 +54,21 @@ from limsync.connectors import (
     send,
 )
 from limsync.connectors.alyx import models
-from limsync.connectors.alyx.filters import FilterGuard, excluding_slices, pk_batches, pk_in
-from limsync.errors import AuthenticationError, ConfigError, HTTPStatusError, SourceError
+from limsync.connectors.alyx.filters import (
+    FilterGuard,
+    excluding_slices,
+    in_batches,
+    in_list,
+    pk_batches,
+    pk_in,
+)
+from limsync.errors import (
+    AuthenticationError,
+    ConfigError,
+    HTTPStatusError,
+    LimsyncError,
+    SourceError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -332,11 +345,21 @@ class AlyxConnector(Connector):
             yield from super().read(stream, ctx)
             return
         since = self.since(stream, ctx)
+        decl = self.stream("sessions")
+        yielded: dict[Key, tuple[str, str | None]] = {}  # key -> (id, auto_datetime)
         with ThreadPoolExecutor(self.settings.detail_workers, "alyx-session") as pool:
             if not ctx.full and since is not None:
-                yield from self._changed_sessions(since, ctx, pool)
+                pages = self._changed_sessions(since, ctx, pool)
             else:
-                yield from self._all_sessions(ctx, since, pool)
+                pages = self._all_sessions(ctx, since, pool)
+            for page in pages:
+                for record in page:
+                    key = self._key(decl, record)
+                    if key is not None and "auto_datetime" in record:
+                        yielded[key] = (str(record["id"]), self.cursor_value(stream, record))
+                yield page
+            if yielded and ctx.unhold is not None:
+                self._settle(yielded, ctx.unhold, pool)
 
     def _read_per_lab(self, stream: str) -> Iterator[Page]:
         labs = [str(r["name"]) for page in self.list_pages("labs") for r in page]
@@ -469,6 +492,81 @@ class AlyxConnector(Connector):
             if details:
                 yield details
 
+    def _settle(
+        self,
+        yielded: dict[Key, tuple[str, str | None]],
+        unhold: Callable[[Sequence[Key]], None],
+        pool: ThreadPoolExecutor,
+    ) -> None:
+        """Unhold the versions of this read's details unless they are surely current.
+
+        The engine keeps each yielded detail's ``auto_datetime``, and the next read leaves out
+        every session whose ``auto_datetime`` is kept. One transaction can stamp several
+        sessions alike (``QuerySet.update()``); if it committed while this read fetched
+        details, some of its sessions may have been read before the commit (old stamp) and
+        others after (its stamp, now kept): those read before, and those not read at all,
+        would be hidden next time. Two checks, after all details were read, rule that out
+        for the sessions whose stamps a later read can leave out (those inside the window
+        that starts a lookback before the newest stamp):
+
+        * each such session is fetched again and must have the same ``auto_datetime``;
+        * ``?django=auto_datetime__in,[those stamps]`` must list only those sessions.
+
+        Otherwise (or when the checks cannot be made), their versions are unheld, so the
+        next read fetches them again. An unchanged re-sync yields no detail: nothing to check.
+        """
+        stamps = {k: _parse_stamp(v) for k, (_, v) in yielded.items() if v is not None}
+        if not stamps:
+            return
+        aware = {s.tzinfo is not None for s in stamps.values() if s is not None}
+        if None in stamps.values() or len(aware) > 1:
+            unhold(list(stamps))  # stamps that cannot be ordered: never trust them
+            return
+        newest = max(s for s in stamps.values() if s is not None)
+        bound = newest - self.lookback("sessions")
+        window = {k: yielded[k] for k, s in stamps.items() if s is not None and s >= bound}
+        if not window:
+            return
+        try:
+            changed = self._stamps_moved(window, pool) or self._stamps_shared(window)
+        except LimsyncError as exc:
+            log.warning("cannot check the sessions just read (%s); they will be read again", exc)
+            changed = True
+        if changed:
+            log.info(
+                "sessions changed while they were read; the next run fetches %d of them again",
+                len(window),
+            )
+            unhold(list(window))
+
+    def _stamps_moved(
+        self, window: dict[Key, tuple[str, str | None]], pool: ThreadPoolExecutor
+    ) -> bool:
+        ids = [sid for sid, _ in window.values()]
+        again = {sid: d for sid, d in zip(ids, pool.map(self._detail, ids), strict=True)}
+        for sid, version in window.values():
+            detail = again.get(sid)
+            if detail is None or self.cursor_value("sessions", detail) != version:
+                return True
+        return False
+
+    def _stamps_shared(self, window: dict[Key, tuple[str, str | None]]) -> bool:
+        values = sorted({v for _, v in window.values() if v is not None})
+        decl = self.stream("sessions")
+        try:
+            for batch in in_batches("auto_datetime", values, self.url("sessions")):
+                params = {"django": in_list("auto_datetime", batch)}
+                if not self.filters.check("sessions", params):
+                    return True  # unverifiable: an ignored filter would list everything
+                for page in self.list_pages("sessions", params=params, page_size=MAX_PAGE_SIZE):
+                    if any(self._key(decl, s) not in window for s in page):
+                        return True
+        except HTTPStatusError as exc:
+            if exc.status not in (400, 414, 500):
+                raise
+            return True
+        return False
+
     def _split_new(
         self, decl: Stream, page: Page, done: set[Key]
     ) -> tuple[list[tuple[Key, Record]], list[Record]]:
@@ -591,3 +689,10 @@ class AlyxConnector(Connector):
             detail = "filters checked against it" if ok else "unavailable: results are checked"
             results.append(CheckResult("openapi schema", True, detail))
         return results
+
+
+def _parse_stamp(value: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import quote_plus, urlsplit
 
 from limsync.errors import ConfigError, LimsyncError
 
@@ -63,7 +63,12 @@ def split_django(value: str) -> list[str]:
 
 def pk_in(ids: list[str]) -> str:
     """The ``django=`` value selecting these primary keys (Alyx evaluates the list literal)."""
-    return "pk__in,[" + ",".join(f"'{i}'" for i in ids) + "]"
+    return in_list("pk", ids)
+
+
+def in_list(field: str, values: Sequence[str]) -> str:
+    """The ``django=`` value ``<field>__in,['a','b']`` (Alyx evaluates the list literal)."""
+    return f"{field}__in,[" + ",".join(f"'{v}'" for v in values) + "]"
 
 
 #: gunicorn's default ``limit_request_line``: a longer ``GET <target> HTTP/1.1`` line is a 400.
@@ -76,14 +81,20 @@ _LINE_OVERHEAD = len("GET  HTTP/1.1") + len("&limit=1000&offset=10000000")
 def pk_batches(ids: list[str], url: str, max_url: int = 6000) -> list[list[str]]:
     """Split ids into ``pk__in`` batches whose request URL stays under ``max_url`` characters
     and whose request line stays within gunicorn's default limit."""
+    return in_batches("pk", ids, url, max_url)
+
+
+def in_batches(field: str, values: list[str], url: str, max_url: int = 6000) -> list[list[str]]:
+    """Split values into ``<field>__in`` batches whose request URL stays under ``max_url``
+    characters and whose request line stays within gunicorn's default limit."""
     origin = len(url) - len(urlsplit(url).path)  # scheme and host: not in the request line
     max_url = min(max_url, MAX_REQUEST_LINE - len("GET  HTTP/1.1") + origin)
-    overhead = len(url) + len("?django=") + len(quote("pk__in,[]", safe="")) + 40  # limit+offset
+    overhead = len(url) + len("?django=") + _encoded(f"{field}__in,[]") + 40  # limit+offset
     batches: list[list[str]] = []
     batch: list[str] = []
     size = overhead
-    for item in ids:
-        cost = len(quote(f"'{item}',", safe=""))
+    for item in values:
+        cost = _encoded(f"'{item}',")
         if batch and size + cost > max_url:
             batches.append(batch)
             batch, size = [], overhead
