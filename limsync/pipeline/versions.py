@@ -2,11 +2,13 @@
 
 A stream with a cursor field (Alyx sessions: ``auto_datetime``) can tell from a record's
 version alone whether the stored copy is current. The engine keeps, per record, the version of
-the record it last stored (written or found unchanged), in the same transaction as the batch;
+the record it last stored (written or found unchanged);
 a connector asks which versions are held (:attr:`~limsync.connectors.ReadContext.versions`) and
-skips the records whose version it already holds. A missing version only costs a re-read, so
-the table is never required to be complete; it must never hold a version the database does not
-store, which is why it is written with the batch and cleared when a record is forgotten.
+skips the records whose version it already holds. A missing (or older) version only costs a
+re-read, so the table is never required to be complete; it must never hold the *current*
+version of a record the database does not store, which is why the engine writes versions only
+after a stream's last batch (the connector may take some back first:
+``ReadContext.unhold``) and drops them when a record is forgotten.
 """
 
 from __future__ import annotations
