@@ -37,6 +37,9 @@ class Cursor:
     field: str
     lookback: timedelta = timedelta(0)
     """How far before the last committed value the next incremental read starts."""
+    versions: bool = False
+    """Keep, per record, the cursor value of the copy stored (``ReadContext.versions``), for a
+    connector that skips records whose current value is one it holds."""
 
 
 @dataclass(frozen=True)
@@ -137,13 +140,12 @@ class ReadContext:
     records (e.g. known, unchanged Alyx sessions whose details it does not re-fetch). The engine
     counts them as present. When None, connectors yield every record in a full scan."""
     versions: Callable[[str], set[str]] | None = None
-    """Optional, for streams with a cursor: the distinct cursor values (source versions) of the
-    stored records whose value sorts at or after the given text bound. Every record the engine
+    """For streams whose cursor keeps versions (``Cursor.versions``): the distinct cursor values
+    of the stored records that sort at or after the given text bound. Every record the engine
     stores (or finds unchanged) holds the cursor value of the copy it stored, so a record whose
-    current version is among these may be unchanged, and one whose version is not surely
-    changed (or is new). When None, the connector knows no versions."""
+    current value is not among these surely changed (or is new). None: no versions kept."""
     unhold: Callable[[Sequence[Key]], None] | None = None
-    """Optional, with ``versions``: drop the versions held for these keys once the stream's
+    """With ``versions``: drop the versions held for these keys once the stream's
     records are stored, so a later read treats them as changed. For a connector that saw
     records change while it read them: the versions it yielded may not be the current ones."""
 

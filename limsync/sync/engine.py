@@ -258,15 +258,16 @@ class SyncEngine:
                 return versions.held_since(c, self.st, self.name, name, lower)
 
         unheld: list[Key] = []  # versions the connector no longer vouches for
-        if stream.cursor:
+        versioned = stream.cursor is not None and stream.cursor.versions
+        if versioned:
             self._stored_versions[name] = []
         ctx = ReadContext(
             full=full,
             cursor=cursor,
             known=known,
             seen=confirm_seen,
-            versions=held_versions if stream.cursor else None,
-            unhold=unheld.extend if stream.cursor else None,
+            versions=held_versions if versioned else None,
+            unhold=unheld.extend if versioned else None,
         )
         pending: list[dict[str, Any]] = []
         for page in self.connector.read(name, ctx):
@@ -289,7 +290,7 @@ class SyncEngine:
                     raise _StopRequestedError
         new_cursor = max_cursor if stream.cursor and max_cursor != cursor else None
         self._process(name, stream, pending, sr, run_id, seen, new_cursor, dry_conn)
-        if stream.cursor:
+        if versioned:
             self._hold_versions(name, unheld, dry_conn)
         if full:
             self._detect_gone(name, sr, run_id, seen, dry_conn, force_delete)

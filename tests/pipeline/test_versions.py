@@ -39,7 +39,9 @@ class Source(MemoryConnector):
     """Items with a ``changed`` cursor; remembers what the engine offered and unholds on demand."""
 
     type_name = "versiontest"
-    streams = Streams(Stream("items", "items", ItemRec, key=("id",), cursor=Cursor("changed")))
+    streams = Streams(
+        Stream("items", "items", ItemRec, key=("id",), cursor=Cursor("changed", versions=True))
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -159,7 +159,7 @@ class AlyxConnector(Connector):
             "sessions",
             models.Session,
             key=("id",),
-            cursor=Cursor("auto_datetime", lookback=timedelta(days=1)),
+            cursor=Cursor("auto_datetime", lookback=timedelta(days=1), versions=True),
             volatile=SESSION_VOLATILE,
             description="session details (summaries when session_details is off)",
         ),
