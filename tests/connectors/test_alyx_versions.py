@@ -106,6 +106,11 @@ def test_excluding_slices_select_exactly_the_window_less_the_held_stamps(
     url = f"{alyx.url}/sessions"
     slices = excluding_slices("auto_datetime", since, held, url)
     assert len(slices) > 1  # the held stamps do not fit one request line
+    for value in slices:
+        params = {"django": value, "limit": 1000, "offset": 9_999_000}
+        prepared = requests.Request("GET", url, params=params).prepare()
+        target = (prepared.url or "").removeprefix(alyx.url)
+        assert len(f"GET {target} HTTP/1.1") <= MAX_REQUEST_LINE
     found: list[str] = []
     for value in slices:
         query = build_query(colony, "session", {"django": [value]})
