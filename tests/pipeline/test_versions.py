@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, Any
 
+import sqlalchemy as sa
 from pydantic import BaseModel, Field
 
 from limsync.connectors.base import Cursor, ReadContext, Stream, Streams, StreamSettings
@@ -125,3 +126,14 @@ def test_a_dry_run_holds_nothing(db: Database) -> None:
     report = SyncEngine(db, source, {"items": mapper}).run(dry_run=True)
     assert report.ok
     assert held(db) == {}
+
+
+def test_upgrade_from_version_2_adds_the_source_version_table(db: Database) -> None:
+    st = state.state_tables(db)
+    state.upgrade(db)
+    with db.transaction() as conn:
+        st.source_version.drop(conn)
+        conn.execute(st.version.update().values(version=2))
+    assert state.upgrade(db) == (2, 3)
+    with db.engine.connect() as conn:
+        assert sa.inspect(conn).has_table(st.source_version.name, schema=st.schema)
