@@ -258,4 +258,9 @@ def state_reset(
             if stream:
                 lconds.append(st.ledger.c.stream == stream)
             entries = conn.execute(st.ledger.delete().where(*lconds)).rowcount
+            # Source versions describe stored copies the ledger no longer vouches for.
+            vconds = [st.source_version.c.connector == connector]
+            if stream:
+                vconds.append(st.source_version.c.stream == stream)
+            conn.execute(st.source_version.delete().where(*vconds))
     return {"cursors": int(cursors), "ledger_entries": int(entries)}
