@@ -155,19 +155,25 @@ def _reader(src: ColumnSource, column: str, nulls: frozenset[str]) -> ValueFn:
 
         return from_field
     assert src.template is not None
-    template, fields = src.template, template_fields(src.template)
+    template, fields, trim = src.template, template_fields(src.template), src.trim
 
     def from_template(data: Data) -> Any:
         values = {}
         for name in fields:
-            value = _field(data, name)
+            value = data.get(name, _MISSING)
+            if value is _MISSING:
+                value = _field(data, name)  # a dotted path, or missing
+            if isinstance(value, str):  # clean(), inlined: this runs for every record
+                if trim:
+                    value = value.strip()
+                if not value or value in nulls:
+                    return None  # a key built from an empty part would be a wrong key
             if value is _MISSING:
                 if src.optional:
                     return None
                 raise _fail(column, f"the record has no field {name!r} (template {template!r})")
-            value = clean(value)
             if value is None:
-                return None  # a key built from an empty part would be a wrong key
+                return None
             values[name] = value
         return template.format_map(values)
 
