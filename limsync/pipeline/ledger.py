@@ -98,32 +98,40 @@ def _insert_many(
         conn.exec_driver_sql(head + ", ".join([template] * len(part)), tuple(chain(*part)))
 
 
-# What PyMySQL's escape_string does (its connection's escape would be the same, but costs a
-# chain of Python calls per value): backslash escapes inside single quotes.
-_MYSQL_ESCAPES = str.maketrans(
-    {"\0": "\\0", "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\032": "\\Z", '"': '\\"', "'": "\\'"}
-)
+def _mysql_text(value: str) -> str:
+    """``value`` as the inside of a single-quoted MySQL literal (backslash escapes on).
+
+    MySQL needs only the backslash and the quote escaped; NUL is escaped too, as the C API
+    does. Three ``str.replace`` (C loops that return at once when there is nothing to do) cost
+    a tenth of PyMySQL's ``str.translate`` through a dict table, which looks every character
+    up in Python objects (~2 us against ~25 us for a 40-character key text on this machine).
+    """
+    return value.replace("\\", "\\\\").replace("'", "\\'").replace("\0", "\\0")
 
 
 def _insert_literal_rows(
     conn: sa.Connection, head: str, constants: list[str], rows: list[tuple[Any, ...]]
 ) -> bool:
     """MySQL: the rows as one literal multi-row INSERT per packet, escaped here; False (nothing
-    sent) when a value is not a str or the server quotes without backslash escapes.
+    sent) when a value is not a str, the server quotes without backslash escapes or the
+    connection's character set is not UTF-8.
 
     Ledger and outbox values are all text (key texts, hashes, JSON targets). PyMySQL's
     per-value ``escape`` (type dispatch, encoder lookup, quoting: several Python calls) was a
-    third of these inserts' client time; one ``str.translate`` per value gives the same literal.
+    third of these inserts' client time; :func:`_mysql_text` gives an equivalent literal.
     """
     dbapi = conn.connection.dbapi_connection
     status = getattr(dbapi, "server_status", None)
     if not isinstance(status, int) or status & SERVER_STATUS_NO_BACKSLASH_ESCAPES:
         return False
+    # In UTF-8 no character's bytes contain a backslash or a quote (unlike GBK or SJIS).
+    if not str(getattr(dbapi, "charset", "")).startswith("utf8"):
+        return False
     if not all(type(v) is str for row in rows for v in row):
         return False
-    table = _MYSQL_ESCAPES
     tail = "".join(f",{c}" for c in constants) + ")"
-    lines = ["('" + "','".join([v.translate(table) for v in row]) + "'" + tail for row in rows]
+    esc = _mysql_text
+    lines = ["('" + "','".join([esc(v) for v in row]) + "'" + tail for row in rows]
     start, size = 0, 0
     for i, line in enumerate(lines):
         if i > start and size + len(line) > _PACKET_CHARS:
