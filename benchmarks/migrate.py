@@ -6,7 +6,8 @@ mapped declaratively into ``tests/sync/fixtures/legacy/legacy_pipeline.py`` exac
 tests' ``migrate.toml`` does (a lab lookup per subject, date parsing, a value map, a template).
 Each backend runs in its own child process, so its peak RSS (``resource.getrusage``) is its own:
 the first migration, then the same migration again (nothing changed: everything is skipped by
-content hash).
+content hash). ``cpu s`` is the child's own CPU time (the database server's is not in it): on a
+shared machine it varies less than the wall-clock time.
 
     PYTHONPATH=. python benchmarks/migrate.py --rows 1000000 --backends sqlite mysql
     PYTHONPATH=. python benchmarks/migrate.py --rows 100000 --backends sqlite --profile
@@ -81,16 +82,18 @@ def child(args: argparse.Namespace) -> None:
     for phase in ("first", "unchanged"):
         profiler = cProfile.Profile() if args.profile and phase == "first" else None
         started = time.perf_counter()
+        cpu = time.process_time()
         if profiler:
             profiler.enable()
         result = migrate(settings)
         if profiler:
             profiler.disable()
         seconds = time.perf_counter() - started
+        cpu = time.process_time() - cpu
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         totals = result.reports[0].counts()
         line = {
-            "phase": phase, "seconds": round(seconds, 2), "read": result.read,
+            "phase": phase, "seconds": round(seconds, 2), "cpu": round(cpu, 2), "read": result.read,
             "rows_per_s": round(result.read / seconds), "peak_rss_mb": round(peak),
             "new": totals["new"], "unchanged": totals["unchanged"], "rejected": result.rejected,
             "ok": result.ok,
@@ -146,7 +149,8 @@ def main() -> int:
             f"written in {time.perf_counter() - started:.1f} s"
         )
         print(
-            f"{'backend':8} {'phase':10} {'seconds':>8} {'rows/s':>8} {'peak RSS MB':>12}  detail"
+            f"{'backend':8} {'phase':10} {'seconds':>8} {'rows/s':>8} {'cpu s':>6} {'cpu us/row':>10} "
+            f"{'peak RSS MB':>12}  detail"
         )
         for backend in args.backends:
             prefix = f"bench_{uuid.uuid4().hex[:6]}_"
@@ -187,6 +191,7 @@ def main() -> int:
                 detail = f"new {r['new']:,}, unchanged {r['unchanged']:,}, rejected {r['rejected']}"
                 print(
                     f"{backend:8} {r['phase']:10} {r['seconds']:8.1f} {r['rows_per_s']:8,} "
+                    f"{r['cpu']:6.1f} {1e6 * r['cpu'] / max(1, r['read']):10.0f} "
                     f"{r['peak_rss_mb']:12,}  {detail}"
                 )
                 failed |= not r["ok"]
