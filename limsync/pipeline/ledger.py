@@ -18,7 +18,6 @@ from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import sqlalchemy as sa
-from pymysql.constants.SERVER_STATUS import SERVER_STATUS_NO_BACKSLASH_ESCAPES
 
 from limsync.pipeline.state import StateTables, utcnow
 
@@ -98,6 +97,12 @@ def _insert_many(
         conn.exec_driver_sql(head + ", ".join([template] * len(part)), tuple(chain(*part)))
 
 
+# PyMySQL's server_status flag for sql_mode NO_BACKSLASH_ESCAPES (the MySQL protocol's
+# SERVER_STATUS_NO_BACKSLASH_ESCAPES), written here so that SQLite-only runs need not import
+# PyMySQL's connection machinery.
+_NO_BACKSLASH_ESCAPES = 512
+
+
 def _mysql_text(value: str) -> str:
     """``value`` as the inside of a single-quoted MySQL literal (backslash escapes on).
 
@@ -122,7 +127,7 @@ def _insert_literal_rows(
     """
     dbapi = conn.connection.dbapi_connection
     status = getattr(dbapi, "server_status", None)
-    if not isinstance(status, int) or status & SERVER_STATUS_NO_BACKSLASH_ESCAPES:
+    if not isinstance(status, int) or status & _NO_BACKSLASH_ESCAPES:
         return False
     # In UTF-8 no character's bytes contain a backslash or a quote (unlike GBK or SJIS).
     if not str(getattr(dbapi, "charset", "")).startswith("utf8"):
