@@ -73,7 +73,14 @@ def literal(v: Any) -> str:
 
 def row_literals(types: Sequence[ColumnType]) -> Callable[[tuple[Any, ...]], str]:
     """One function turning an encoded row (a tuple in column order) into ``a,b,c``."""
-    env: dict[str, Any] = {"_text": _text, "_float": _float, "_decimal": _decimal, "lit": literal}
+    env: dict[str, Any] = {
+        "_text": _text,
+        "_float": _float,
+        "_decimal": _decimal,
+        "lit": literal,
+        "datetime": dt.datetime,
+        "date": dt.date,
+    }
     parts = []
     for i, t in enumerate(types):
         v = f"v{i}"
@@ -90,8 +97,11 @@ def row_literals(types: Sequence[ColumnType]) -> Callable[[tuple[Any, ...]], str
         elif t.kind == "decimal":
             expr = f"_decimal({v}) if {v}.__class__ is Decimal else lit({v})"
             env["Decimal"] = decimal.Decimal
-        else:  # date, datetime: the generic path already picks the right literal
-            expr = f"lit({v})"
+        elif t.kind == "datetime":
+            expr = f"\"TIMESTAMP'\" + {v}.isoformat(' ') + \"'\""
+            expr += f" if {v}.__class__ is datetime else lit({v})"
+        else:  # date: the codec passes values through, whatever they are
+            expr = f'"DATE\'" + {v}.isoformat() + "\'" if {v}.__class__ is date else lit({v})'
         parts.append(f"('NULL' if ({v} := row[{i}]) is None else ({expr}))")
     src = "def literals(row):\n    return " + ' + "," + '.join(parts) + "\n"
     exec(compile(src, "<limsync row literals>", "exec"), env)  # only our own expressions

@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from limsync.errors import MissingParentError, RowError
 from limsync.pipeline.changes import INSERTED, UNCHANGED, UPDATED, ChangeSet, Key, Outcome, digest
 from limsync.pipeline.codecs import Codec
+from limsync.pipeline.columns import ColumnType
 from limsync.pipeline.literals import LiteralError, row_literals
 from limsync.pipeline.tables import Table, TableSpec
 from limsync.pipeline.upsert_sql import (
@@ -151,7 +152,7 @@ def upsert(
     it = iter(rows)
     while chunk := list(islice(it, per_batch)):
         valid = _validate_batch(spec, chunk) if validate else chunk
-        for part in _split_by_bytes(_encode_unique(plan, spec, valid), batch_bytes):
+        for part in _split_by_bytes(plan, _encode_unique(plan, spec, valid), batch_bytes):
             _upsert_part(db, conn, spec, plan, part, check_parents, outcome)
     return outcome.changeset(spec.qualname)
 
@@ -167,6 +168,8 @@ class _Plan:
     other_codecs: list[Codec]
     key_codecs: list[Codec]
     literals: Callable[[tuple[Any, ...]], str] | None  # MySQL only
+    fixed_bytes: int  # the most the bounded columns of a row can take in a statement
+    variable: list[int]  # columns without a bound (text, JSON, blobs): measured per row
 
     def encode_key(self, key: Key) -> Key:
         return tuple(c.encode(v) for c, v in zip(self.key_codecs, key, strict=True))
@@ -198,8 +201,19 @@ def _plan(db: Database, spec: TableSpec) -> _Plan:
             literals=row_literals([c.type for c in spec.columns])
             if db.dialect == "mysql"
             else None,
+            fixed_bytes=sum(_bound(c.type) or 0 for c in spec.columns),
+            variable=[i for i, c in enumerate(spec.columns) if _bound(c.type) is None],
         )
     return plan
+
+
+def _bound(t: ColumnType) -> int | None:
+    """The most one value of a type can take in a statement (hex on MySQL), None if unbounded."""
+    if t.kind in ("varchar", "char"):
+        return 2 * (t.length or 255) + 16
+    if t.kind in ("text", "json", "blob", "bytes"):
+        return None
+    return 48  # numbers, uuids (32 hex digits), TIMESTAMP'...' literals
 
 
 # One row on its way to the database: (primary key as given, encoded key, encoded row).
@@ -222,13 +236,19 @@ def _encode_unique(
     return list(by_key.values())
 
 
-def _split_by_bytes(rows: list[_Encoded], limit: int) -> Iterator[list[_Encoded]]:
+def _split_by_bytes(plan: _Plan, rows: list[_Encoded], limit: int) -> Iterator[list[_Encoded]]:
     """Cut encoded rows into parts whose SQL stays under ``limit`` bytes."""
+    if not plan.variable and plan.fixed_bytes * len(rows) <= limit:
+        yield rows  # bounded columns only, and even the widest rows fit: nothing to measure
+        return
     start = 0
     size = 0
     for i, (_, _, enc) in enumerate(rows):
-        # Bytes and text are hex-encoded on MySQL (two characters a byte); other values small.
-        n = sum(2 * len(v) + 12 if isinstance(v, bytes | str) else 24 for v in enc)
+        # Bytes and text are hex-encoded on MySQL (two characters a byte).
+        n = plan.fixed_bytes
+        for j in plan.variable:
+            v = enc[j]
+            n += 16 if v is None else 2 * len(v) + 16
         if i > start and size + n > limit:
             yield rows[start:i]
             start, size = i, 0
@@ -257,28 +277,47 @@ def _upsert_part(
     outcome: Outcome,
 ) -> None:
     """Diff one part of a batch with the stored rows; write the new and changed rows only."""
-    n_others = len(plan.other_codecs)
-    found = {int(r[0]): r for r in _diff(db, conn, spec, plan, part, check_parents)}
+    literals = _literal_rows(spec, plan, part) if plan.literals is not None else None
+    found = {int(r[0]): r for r in _diff(db, conn, spec, plan, part, literals, check_parents)}
+    stored = _stored_rows(db, conn, spec, plan, [part[i][1] for i, r in found.items() if not r[1]])
     # Per returned row: its status relative to the stored row, and that row's digest.
     verdicts: dict[int, tuple[int, int]] = {}
     missing: list[int] = []
     for i in sorted(found):
         r = found[i]
-        mine = plan.others(part[i][2])
         if r[1]:
             verdicts[i] = (INSERTED, 0)
         else:
-            norm = _normalised(plan.other_codecs, mine, r[2 : 2 + n_others])
+            mine = plan.others(part[i][2])
+            norm = _normalised(plan.other_codecs, mine, stored[part[i][1]])
             if norm == mine:
                 continue  # the same values, stored in another spelling
             verdicts[i] = (UPDATED, digest(norm))
-        if any(r[2 + n_others :]):
+        if any(r[2:]):
             missing.append(i)
     if missing:
-        raise _missing_parent_error(db, spec, plan, part[missing[0]], found[missing[0]], n_others)
+        raise _missing_parent_error(db, spec, plan, part[missing[0]], found[missing[0]][2:])
     _record(plan, part, verdicts, outcome)
     if verdicts:
-        _write(db, conn, spec, plan, [part[i] for i in sorted(verdicts)])
+        chosen = sorted(verdicts)
+        texts = [literals[i] for i in chosen] if literals is not None else None
+        _write(db, conn, spec, [part[i] for i in chosen], texts)
+
+
+def _stored_rows(
+    db: Database, conn: sa.Connection, spec: TableSpec, plan: _Plan, ekeys: list[Key]
+) -> dict[Key, tuple[Any, ...]]:
+    """The stored non-key values of the rows the diff found different, by encoded key."""
+    if not ekeys:
+        return {}
+    keys = spec.primary_key
+    others = [c for c in spec.column_names if c not in keys]
+    n = len(keys)
+    out: dict[Key, tuple[Any, ...]] = {}
+    for r in select_by_keys(db, conn, spec, (*keys, *others), keys, ekeys):
+        ekey = tuple(c.stored(v) for c, v in zip(plan.key_codecs, r[:n], strict=True))
+        out[ekey] = tuple(r[n:])
+    return out
 
 
 def _record(
@@ -317,15 +356,15 @@ def _diff(
     spec: TableSpec,
     plan: _Plan,
     part: list[_Encoded],
+    literals: list[str] | None,
     check_parents: bool,
 ) -> Sequence[Any]:
-    """The part's rows that are new or differ: (index, new, stored values..., missing...)."""
+    """The part's rows that are new or differ: (index, new, missing parent per foreign key)."""
     check = check_parents and bool(spec.foreign_keys)
     rows = [enc for _, _, enc in part]
     try:
-        if db.dialect == "mysql":
-            lit = _literal_rows(spec, plan, part)
-            values = ", ".join(f"({i}, {text})" for i, text in enumerate(lit))
+        if literals is not None:
+            values = ", ".join(f"({i}, {text})" for i, text in enumerate(literals))
             sql = diff_sql(db, spec, 0, check) + values + diff_tail(db, spec, check)
             return conn.exec_driver_sql(_no_params(sql)).fetchall()
         sql = diff_sql(db, spec, len(rows), check)
@@ -354,12 +393,16 @@ def _literal_rows(spec: TableSpec, plan: _Plan, part: list[_Encoded]) -> list[st
 
 
 def _write(
-    db: Database, conn: sa.Connection, spec: TableSpec, plan: _Plan, rows: list[_Encoded]
+    db: Database,
+    conn: sa.Connection,
+    spec: TableSpec,
+    rows: list[_Encoded],
+    texts: list[str] | None,
 ) -> None:
     keys = [k for k, _, _ in rows]
     try:
-        if db.dialect == "mysql":
-            values = ", ".join(f"({text})" for text in _literal_rows(spec, plan, rows))
+        if texts is not None:
+            values = ", ".join(f"({text})" for text in texts)
             sql = write_sql(db, spec, 0) + values + write_tail(db, spec)
             conn.exec_driver_sql(_no_params(sql))
         else:
@@ -372,10 +415,9 @@ def _write(
 
 
 def _missing_parent_error(
-    db: Database, spec: TableSpec, plan: _Plan, row: _Encoded, found: Sequence[Any], n_others: int
+    db: Database, spec: TableSpec, plan: _Plan, row: _Encoded, flags: Sequence[Any]
 ) -> MissingParentError:
     key, _, enc = row
-    flags = found[2 + n_others :]
     fk = next(fk for fk, flag in zip(spec.foreign_keys, flags, strict=True) if flag)
     ref = ", ".join(
         f"{c}={plan.codecs[spec.column_names.index(c)].decode(enc[spec.column_names.index(c)])!r}"

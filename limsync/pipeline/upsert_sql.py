@@ -5,9 +5,8 @@ parameter per column, however many rows), a ``VALUES`` list of ``?`` on SQLite, 
 list of literals on MySQL/MariaDB (see :mod:`literals`). Against it run
 
 * the *diff*: the batch joined with the stored rows by key, returning only the rows that are
-  new or differ (index, a "new" flag, the stored values, one missing-parent flag per foreign
-  key), compared null-safely and byte for byte in the database, so an unchanged batch
-  returns nothing;
+  new or differ (index, a "new" flag, one missing-parent flag per foreign key), compared
+  null-safely and byte for byte in the database, so an unchanged batch returns nothing;
 * the *write*: ``INSERT ... ON CONFLICT DO UPDATE`` / ``ON DUPLICATE KEY UPDATE`` of the rows
   to write.
 
@@ -187,7 +186,6 @@ def _diff_query(db: Database, spec: TableSpec, check_parents: bool, source: str 
     others = [c for c in spec.column_names if c not in keys]
     on = " AND ".join(f"t.{q(k)} = v.{q(k)}" for k in keys)
     select = [f"v.{q(INDEX)}", f"t.{q(keys[0])} IS NULL"]
-    select += [_stored(db, spec, c) for c in others]
     if check_parents:
         select += [_missing_parent(db, fk) for fk in spec.foreign_keys]
     where = f"t.{q(keys[0])} IS NULL"
@@ -197,13 +195,6 @@ def _diff_query(db: Database, spec: TableSpec, check_parents: bool, source: str 
         f"{tail}SELECT {', '.join(select)} FROM {source} "  # noqa: S608 (quoted identifiers)
         f"LEFT JOIN {db.qualified(spec)} AS t ON {on} WHERE {where}"
     )
-
-
-def _stored(db: Database, spec: TableSpec, column: str) -> str:
-    quoted = f"t.{db.quote(column)}"
-    if db.dialect == "mysql" and spec.column(column).type.kind == "float32":
-        return f"({quoted} + 0E0)"  # see Database.select_column
-    return quoted
 
 
 def _differs(db: Database, spec: TableSpec, column: str) -> str:
