@@ -56,8 +56,10 @@ def digest(values: tuple[Any, ...]) -> int:
     """A 64-bit digest of a row in parameter space (equal rows, equal digests).
 
     ``hash()`` will not do: ``hash(-1) == hash(-2)``, so two versions of a row differing only
-    there would look equal. Parameter values of one column have one type and one ``repr``.
+    there would look equal. Parameter values of one column have one type, and one ``repr`` per
+    value, except the float zeros: ``-0.0 == 0.0``, so ``-0.0`` is taken as ``0.0``.
     """
+    values = tuple(v + 0.0 if v.__class__ is float else v for v in values)
     text = repr(values).encode("utf-8", "surrogatepass")
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little", signed=True)
 

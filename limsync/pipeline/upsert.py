@@ -366,7 +366,13 @@ def _diff(
         if literals is not None:
             values = ", ".join(f"({i}, {text})" for i, text in enumerate(literals))
             sql = diff_sql(db, spec, 0, check) + values + diff_tail(db, spec, check)
-            return conn.exec_driver_sql(_no_params(sql)).fetchall()
+            count, text = conn.exec_driver_sql(_no_params(sql)).one()
+            found = [tuple(map(int, item.split(","))) for item in (text or "").split()]
+            if len(found) != count:
+                raise RuntimeError(
+                    f"upsert diff of {spec.qualname}: {count} rows, {len(found)} read"
+                )
+            return found
         sql = diff_sql(db, spec, len(rows), check)
         result = conn.exec_driver_sql(sql, params(db, rows)).fetchall()
     except (sa.exc.IntegrityError, sa.exc.DataError) as exc:
