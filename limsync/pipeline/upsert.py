@@ -19,7 +19,6 @@ every dialect, relative to the table before the call, however the rows were batc
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ from itertools import islice
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-import pydantic
 import sqlalchemy as sa
 
 from limsync.errors import MissingParentError, RowError
@@ -46,6 +44,7 @@ from limsync.pipeline.upsert_sql import (
     write_sql,
     write_tail,
 )
+from limsync.pipeline.validation import validate_batch, validate_row, validate_rows
 
 if TYPE_CHECKING:
     from limsync.pipeline.database import Database
@@ -70,56 +69,6 @@ DEFAULT_BATCH_BYTES = 4 * 1024 * 1024  # far below MySQL's 16 MB default max_all
 
 def _spec(table: type[Table] | TableSpec) -> TableSpec:
     return table if isinstance(table, TableSpec) else table.spec
-
-
-def validate_row(spec: TableSpec, row: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate one row against its table's model; RowError names table, key and column."""
-    assert spec.row_model is not None
-    try:
-        return dict(spec.row_model.model_validate(row).__dict__)
-    except pydantic.ValidationError as exc:
-        err = exc.errors()[0]
-        column = ".".join(str(p) for p in err["loc"]) or None
-        key = {k: row[k] for k in spec.primary_key if k in row}
-        problem = err["msg"]
-        if err["type"] == "extra_forbidden":
-            problem = "is not a column of this table"
-        elif err["type"] == "missing":
-            problem = "is required"
-        n = exc.error_count()
-        if n > 1:
-            problem += f" (and {n - 1} more problem{'s' if n > 2 else ''} in this row)"
-        raise RowError(spec.qualname, key, column, problem) from None
-
-
-def validate_rows(
-    spec: TableSpec, rows: Iterable[Mapping[str, Any]]
-) -> tuple[list[dict[str, Any]], list[tuple[int, RowError]]]:
-    """Validate many rows; returns the valid ones and (index, error) for the others."""
-    good: list[dict[str, Any]] = []
-    bad: list[tuple[int, RowError]] = []
-    for i, row in enumerate(rows):
-        try:
-            good.append(validate_row(spec, row))
-        except RowError as exc:
-            bad.append((i, exc))
-    return good, bad
-
-
-@functools.lru_cache(maxsize=512)
-def _list_adapter(model: type[pydantic.BaseModel]) -> pydantic.TypeAdapter[list[Any]]:
-    return pydantic.TypeAdapter(list[model])  # type: ignore[valid-type]
-
-
-def _validate_batch(spec: TableSpec, rows: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Validate a batch in one call into pydantic-core; a bad row is named by validate_row."""
-    assert spec.row_model is not None
-    try:
-        return [m.__dict__ for m in _list_adapter(spec.row_model).validate_python(rows)]
-    except pydantic.ValidationError:
-        for row in rows:
-            validate_row(spec, row)  # raises the RowError of the first bad row
-        raise  # pragma: no cover (the batch failed, so one of its rows does)
 
 
 def upsert(
@@ -151,7 +100,7 @@ def upsert(
     per_batch = max(1, min(batch_rows, MAX_PARAMS[db.dialect] // max(1, len(spec.columns))))
     it = iter(rows)
     while chunk := list(islice(it, per_batch)):
-        valid = _validate_batch(spec, chunk) if validate else chunk
+        valid = validate_batch(spec, chunk) if validate else chunk
         for part in _split_by_bytes(plan, _encode_unique(plan, spec, valid), batch_bytes):
             _upsert_part(db, conn, spec, plan, part, check_parents, outcome)
     return outcome.changeset(spec.qualname)
@@ -289,7 +238,11 @@ def _upsert_part(
             verdicts[i] = (INSERTED, 0)
         else:
             mine = plan.others(part[i][2])
-            norm = _normalised(plan.other_codecs, mine, stored[part[i][1]])
+            raw = stored.get(part[i][1])
+            if raw is None:  # deleted by someone else since the diff: written again
+                verdicts[i] = (UPDATED, 0)
+                continue
+            norm = _normalised(plan.other_codecs, mine, raw)
             if norm == mine:
                 continue  # the same values, stored in another spelling
             verdicts[i] = (UPDATED, digest(norm))
