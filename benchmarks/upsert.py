@@ -13,16 +13,22 @@ process so its peak RSS is its own; rows are generated lazily, so a bounded peak
 rows shows memory does not grow with the data.
 
     python benchmarks/upsert.py --rows 100000 --backends sqlite mysql postgres
+    python benchmarks/upsert.py --rows 20000 --backends mysql --profile unchanged   # cProfile
 
-Server URLs come from LIMSYNC_TEST_MYSQL_URL / LIMSYNC_TEST_POSTGRES_URL.
+"cpu s" is the child's own CPU time (user + system) in the measured section: the Python side,
+less disturbed than wall time by other processes on a shared machine (the database server's
+work is not in it). Server URLs come from LIMSYNC_TEST_MYSQL_URL / LIMSYNC_TEST_POSTGRES_URL.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import datetime as dt
+import io
 import json
 import os
+import pstats
 import resource
 import subprocess
 import sys
@@ -89,18 +95,41 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_limsync(url: str, prefix: str, n: int, phase: str) -> dict[str, Any]:
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def profiled(fn: Any, enabled: bool) -> tuple[Any, str | None]:
+    """Run ``fn``; with ``enabled``, also its top functions by own and by cumulative time."""
+    if not enabled:
+        return fn(), None
+    prof = cProfile.Profile()
+    result = prof.runcall(fn)
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out)
+    stats.sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumulative").print_stats(30)
+    return result, out.getvalue()
+
+
+def run_limsync(url: str, prefix: str, n: int, phase: str, profile: bool) -> dict[str, Any]:
     db = Database(url, schema_prefix=prefix)
     db.declare(bench)
     changed_every = 100 if phase == "changed" else 0
-    started = time.perf_counter()
-    with db.transaction() as conn:
-        upsert(db, conn, Subject, subjects(max(1, n // 10)))
-    with db.transaction() as conn:
-        cs = upsert(db, conn, Session, sessions(n, changed_every))
-    seconds = time.perf_counter() - started
+
+    def load() -> Any:
+        with db.transaction() as conn:
+            upsert(db, conn, Subject, subjects(max(1, n // 10)))
+        with db.transaction() as conn:
+            return upsert(db, conn, Session, sessions(n, changed_every))
+
+    cpu, started = cpu_seconds(), time.perf_counter()
+    cs, report = profiled(load, profile)
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     db.dispose()
-    return {"seconds": seconds, "counts": cs.counts(), "rss_mb": peak_rss_mb()}
+    return {"seconds": seconds, "cpu": cpu, "counts": cs.counts(), "rss_mb": peak_rss_mb(),
+            "profile": report}  # fmt: skip
 
 
 def run_raw(url: str, prefix: str, n: int) -> dict[str, Any]:
@@ -109,7 +138,7 @@ def run_raw(url: str, prefix: str, n: int) -> dict[str, Any]:
     db.declare(bench)
     codec_s = db.codecs(Subject.spec)
     codec_x = db.codecs(Session.spec)
-    started = time.perf_counter()
+    cpu, started = cpu_seconds(), time.perf_counter()
     raw = db.engine.raw_connection()
     try:
         cur = raw.cursor()
@@ -145,16 +174,18 @@ def run_raw(url: str, prefix: str, n: int) -> dict[str, Any]:
         raw.commit()
     finally:
         raw.close()
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     db.dispose()
-    return {"seconds": seconds, "rss_mb": peak_rss_mb()}
+    return {"seconds": seconds, "cpu": cpu, "rss_mb": peak_rss_mb()}
 
 
 def child(args: argparse.Namespace) -> None:
     if args.phase == "raw":
         result = run_raw(args.url, args.prefix, args.rows)
     else:
-        result = run_limsync(args.url, args.prefix, args.rows, args.phase)
+        result = run_limsync(
+            args.url, args.prefix, args.rows, args.phase, args.phase in args.profile
+        )
     print(json.dumps(result))
 
 
@@ -170,9 +201,10 @@ def drop(url: str, prefix: str) -> None:
     db.dispose()
 
 
-def measure(url: str, prefix: str, rows: int, phase: str) -> dict[str, Any]:
+def measure(url: str, prefix: str, rows: int, phase: str, profile: list[str]) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, __file__, "--child", "--url", url, "--prefix", prefix, "--rows", str(rows), "--phase", phase],
+        [sys.executable, __file__, "--child", "--url", url, "--prefix", prefix, "--rows", str(rows), "--phase", phase,
+         "--profile", *profile],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -186,6 +218,14 @@ def main() -> None:
     ap.add_argument("--url")
     ap.add_argument("--prefix", default="bench_")
     ap.add_argument("--phase", default="first")
+    ap.add_argument(
+        "--profile",
+        nargs="*",
+        default=[],
+        choices=["first", "unchanged", "changed"],
+        help="cProfile these phases (printed after the table)",
+    )
+    ap.add_argument("--repeat", type=int, default=1, help="measure every backend this many times")
     args = ap.parse_args()
     if args.child:
         child(args)
@@ -197,15 +237,18 @@ def main() -> None:
         "postgres": lambda tag: os.environ["LIMSYNC_TEST_POSTGRES_URL"],
     }
     total = args.rows + args.rows // 10
-    print(f"{'backend':9} {'phase':10} {'seconds':>8} {'rows/s':>9} {'peak RSS MB':>12}  detail")
-    for backend in args.backends:
+    print(
+        f"{'backend':9} {'phase':10} {'seconds':>8} {'cpu s':>6} {'rows/s':>9} {'peak RSS MB':>12}  detail"
+    )
+    profiles: list[str] = []
+    for backend in [b for _ in range(args.repeat) for b in args.backends]:
         url_ours, url_raw = urls[backend]("ours"), urls[backend]("raw")
         prefix, raw_prefix = f"bu{os.getpid()}_", f"br{os.getpid()}_"
         try:
-            raw = measure(url_raw, raw_prefix, args.rows, "raw")
+            raw = measure(url_raw, raw_prefix, args.rows, "raw", [])
             results = [("raw", raw)]
             for phase in ("first", "unchanged", "changed"):
-                results.append((phase, measure(url_ours, prefix, args.rows, phase)))
+                results.append((phase, measure(url_ours, prefix, args.rows, phase, args.profile)))
             for phase, r in results:
                 detail = (
                     json.dumps(r.get("counts", ""))
@@ -213,14 +256,22 @@ def main() -> None:
                     else "executemany, batches of 1000"
                 )
                 print(
-                    f"{backend:9} {phase:10} {r['seconds']:8.2f} {total / r['seconds']:9.0f} {r['rss_mb']:12.0f}  {detail}"
+                    f"{backend:9} {phase:10} {r['seconds']:8.2f} {r['cpu']:6.2f} {total / r['seconds']:9.0f} {r['rss_mb']:12.0f}  {detail}",
+                    flush=True,
                 )
-            first = dict(results)["first"]["seconds"]
-            print(f"{backend:9} first load / raw = {first / raw['seconds']:.2f}x; "
-                  f"first / unchanged = {first / dict(results)['unchanged']['seconds']:.1f}x")  # fmt: skip
+                if r.get("profile"):
+                    profiles.append(f"--- {backend} {phase} ---\n{r['profile']}")
+            got = dict(results)
+            first, unchanged = got["first"], got["unchanged"]
+            print(f"{backend:9} first load / raw = {first['seconds'] / raw['seconds']:.2f}x "
+                  f"(cpu {first['cpu'] / raw['cpu']:.2f}x); "
+                  f"first / unchanged = {first['seconds'] / unchanged['seconds']:.1f}x "
+                  f"(cpu {first['cpu'] / unchanged['cpu']:.1f}x)", flush=True)  # fmt: skip
         finally:
             drop(url_ours, prefix)
             drop(url_raw, raw_prefix)
+    for text in profiles:
+        print(text)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,20 @@ import numpy as np
 from limsync.pipeline import blob
 from limsync.pipeline.columns import ColumnType
 
-SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
+SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"  # the text SQLite datetimes are stored as
+# json.dumps with options builds a new JSONEncoder per call (~40% of its time): build it once.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
 
 
 def canonical_json(value: Any) -> str:
     """JSON with sorted keys and no spaces: equal values give equal strings."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return _CANONICAL(value)
+
+
+def _sqlite_datetime(v: dt.datetime) -> str:
+    # SQLITE_DATETIME, 4x faster than strftime (and zero-padded years before 1000, which
+    # strftime leaves unpadded and fromisoformat then cannot read back).
+    return v.isoformat(" ", "microseconds")
 
 
 def _identity(v: Any) -> Any:
@@ -92,7 +100,9 @@ def _truncate_datetime(precision: int) -> Callable[[Any], dt.datetime]:
         if v.tzinfo is not None:
             # Store naive UTC, as DataJoint and Alyx (USE_TZ=False) do.
             v = v.astimezone(dt.UTC).replace(tzinfo=None)
-        return v.replace(microsecond=v.microsecond - v.microsecond % step)  # type: ignore[no-any-return]
+        if v.microsecond % step:
+            return v.replace(microsecond=v.microsecond - v.microsecond % step)  # type: ignore[no-any-return]
+        return v  # type: ignore[no-any-return]
 
     return encode
 
@@ -140,9 +150,9 @@ def codec_for(ctype: ColumnType, dialect: str) -> Codec:
         trunc = _truncate_datetime(ctype.precision or 0)
         if sqlite:
             return Codec(
-                encode=_nullable(lambda v: trunc(v).strftime(SQLITE_DATETIME)),
+                encode=_nullable(lambda v: _sqlite_datetime(trunc(v))),
                 decode=_nullable(lambda v: dt.datetime.fromisoformat(v)),
-                stored=lambda v: dt.datetime.fromisoformat(v).strftime(SQLITE_DATETIME),
+                stored=lambda v: _sqlite_datetime(dt.datetime.fromisoformat(v)),
             )
         return Codec(encode=_nullable(trunc), decode=_identity)
     if kind == "date":

@@ -1,112 +1,74 @@
 """Batched, idempotent upsert that reports exactly what it changed.
 
-For each batch of rows: one ``SELECT`` of the stored rows with those keys, a comparison in
-parameter space (see :mod:`codecs`), then one multi-row ``INSERT ... ON DUPLICATE KEY UPDATE`` /
-``ON CONFLICT DO UPDATE`` carrying only the new and changed rows. Unchanged rows are never
-rewritten, and the :class:`ChangeSet` lists the exact keys inserted, updated and unchanged on
-every dialect. Batches are bounded by rows, by bound parameters and by bytes, so no statement
-exceeds MySQL's ``max_allowed_packet``; there is never one round trip per row.
+Per batch (bounded by rows, bound parameters and bytes, so no statement exceeds MySQL's
+``max_allowed_packet``), at most two statements:
 
-The statements are plain SQL with positional parameters, built once per (table, batch size) and
-cached: compiling a 1,000-row ``VALUES`` clause through SQLAlchemy's expression layer for every
-batch would cost more than the database round trip it saves.
+1. the *diff* (see :mod:`upsert_sql`): the batch, sent as a table, joined with the stored rows
+   by key; the database compares the rows, null-safely and byte for byte, and returns only the
+   rows that are new or differ, with the stored values of the latter and a missing-parent flag
+   per foreign key. An unchanged batch transfers and decodes nothing.
+2. one multi-row ``INSERT ... ON DUPLICATE KEY UPDATE`` / ``ON CONFLICT DO UPDATE`` carrying
+   only the new and changed rows; none at all when there are none.
+
+Rows the database calls different are checked once more in parameter space (see
+:mod:`codecs`): a stored value in another spelling of the same value (JSON written by another
+tool, a SQLite datetime without microseconds) is not rewritten. Unchanged rows are never
+rewritten, and the :class:`ChangeSet` lists the exact keys inserted, updated and unchanged on
+every dialect, relative to the table before the call, however the rows were batched.
 """
 
 from __future__ import annotations
 
 import re
-import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import islice
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-import pydantic
 import sqlalchemy as sa
 
 from limsync.errors import MissingParentError, RowError
+from limsync.pipeline.changes import INSERTED, UNCHANGED, UPDATED, ChangeSet, Key, Outcome, digest
 from limsync.pipeline.codecs import Codec
+from limsync.pipeline.columns import ColumnType
+from limsync.pipeline.literals import LiteralError, row_literals
 from limsync.pipeline.tables import Table, TableSpec
+from limsync.pipeline.upsert_sql import (
+    MAX_PARAMS,
+    diff_sql,
+    diff_tail,
+    in_sql,
+    params,
+    placeholder,
+    write_sql,
+    write_tail,
+)
+from limsync.pipeline.validation import validate_batch, validate_row, validate_rows
 
 if TYPE_CHECKING:
     from limsync.pipeline.database import Database
 
-Key = tuple[Any, ...]
+__all__ = [
+    "DEFAULT_BATCH_BYTES",
+    "DEFAULT_BATCH_ROWS",
+    "MAX_PARAMS",
+    "ChangeSet",
+    "Key",
+    "missing_parents",
+    "placeholder",
+    "select_by_keys",
+    "upsert",
+    "validate_row",
+    "validate_rows",
+]
 
 DEFAULT_BATCH_ROWS = 1000
-MAX_PARAMS = {
-    "sqlite": 32_000 if sqlite3.sqlite_version_info >= (3, 32) else 999,
-    "postgresql": 65_000,
-    "mysql": 60_000,
-}
 DEFAULT_BATCH_BYTES = 4 * 1024 * 1024  # far below MySQL's 16 MB default max_allowed_packet
-
-
-@dataclass
-class ChangeSet:
-    """The keys an upsert inserted, updated and left unchanged (validated Python values)."""
-
-    table: str
-    inserted: list[Key] = field(default_factory=list)
-    updated: list[Key] = field(default_factory=list)
-    unchanged: list[Key] = field(default_factory=list)
-
-    @property
-    def changed(self) -> bool:
-        """True when anything was written."""
-        return bool(self.inserted or self.updated)
-
-    def extend(self, other: ChangeSet) -> None:
-        """Add another ChangeSet of the same table."""
-        self.inserted.extend(other.inserted)
-        self.updated.extend(other.updated)
-        self.unchanged.extend(other.unchanged)
-
-    def counts(self) -> dict[str, int]:
-        """``{"inserted": n, "updated": n, "unchanged": n}``."""
-        return {
-            "inserted": len(self.inserted),
-            "updated": len(self.updated),
-            "unchanged": len(self.unchanged),
-        }
 
 
 def _spec(table: type[Table] | TableSpec) -> TableSpec:
     return table if isinstance(table, TableSpec) else table.spec
-
-
-def validate_row(spec: TableSpec, row: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate one row against its table's model; RowError names table, key and column."""
-    assert spec.row_model is not None
-    try:
-        return dict(spec.row_model.model_validate(row).__dict__)
-    except pydantic.ValidationError as exc:
-        err = exc.errors()[0]
-        column = ".".join(str(p) for p in err["loc"]) or None
-        key = {k: row[k] for k in spec.primary_key if k in row}
-        problem = err["msg"]
-        if err["type"] == "extra_forbidden":
-            problem = "is not a column of this table"
-        elif err["type"] == "missing":
-            problem = "is required"
-        n = exc.error_count()
-        if n > 1:
-            problem += f" (and {n - 1} more problem{'s' if n > 2 else ''} in this row)"
-        raise RowError(spec.qualname, key, column, problem) from None
-
-
-def validate_rows(
-    spec: TableSpec, rows: Iterable[Mapping[str, Any]]
-) -> tuple[list[dict[str, Any]], list[tuple[int, RowError]]]:
-    """Validate many rows; returns the valid ones and (index, error) for the others."""
-    good: list[dict[str, Any]] = []
-    bad: list[tuple[int, RowError]] = []
-    for i, row in enumerate(rows):
-        try:
-            good.append(validate_row(spec, row))
-        except RowError as exc:
-            bad.append((i, exc))
-    return good, bad
 
 
 def upsert(
@@ -133,67 +95,118 @@ def upsert(
     """
     spec = _spec(table)
     db.register(spec)
-    tally = _Tally()
+    plan = _plan(db, spec)
+    outcome = Outcome(plan.encode_key)
     per_batch = max(1, min(batch_rows, MAX_PARAMS[db.dialect] // max(1, len(spec.columns))))
     it = iter(rows)
     while chunk := list(islice(it, per_batch)):
-        valid = [validate_row(spec, r) for r in chunk] if validate else [dict(r) for r in chunk]
-        _upsert_batch(db, conn, spec, _encode_unique(db, spec, valid), check_parents, tally,
-                      batch_bytes)  # fmt: skip
-    return tally.changeset(spec.qualname)
+        valid = validate_batch(spec, chunk) if validate else chunk
+        for part in _split_by_bytes(plan, _encode_unique(plan, spec, valid), batch_bytes):
+            _upsert_part(db, conn, spec, plan, part, check_parents, outcome)
+    return outcome.changeset(spec.qualname)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Per table and database: the functions every batch uses."""
+
+    codecs: list[Codec]
+    encode: Callable[[Mapping[str, Any]], tuple[Any, ...]]
+    ekey: Callable[[tuple[Any, ...]], Key]  # encoded row -> encoded key
+    others: Callable[[tuple[Any, ...]], tuple[Any, ...]]  # encoded row -> non-key values
+    other_codecs: list[Codec]
+    key_codecs: list[Codec]
+    literals: Callable[[tuple[Any, ...]], str] | None  # MySQL only
+    fixed_bytes: int  # the most the bounded columns of a row can take in a statement
+    variable: list[int]  # columns without a bound (text, JSON, blobs): measured per row
+
+    def encode_key(self, key: Key) -> Key:
+        return tuple(c.encode(v) for c, v in zip(self.key_codecs, key, strict=True))
+
+
+def _getter(idx: list[int]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    if not idx:
+        return lambda row: ()
+    if len(idx) == 1:
+        (i,) = idx
+        return lambda row: (row[i],)
+    return itemgetter(*idx)
+
+
+def _plan(db: Database, spec: TableSpec) -> _Plan:
+    cache: dict[str, _Plan] = db.extensions.setdefault("upsert.plans", {})
+    plan = cache.get(spec.qualname)
+    if plan is None or plan.encode is not db.row_encoder(spec):
+        codecs = db.codecs(spec)
+        key_idx = [spec.column_names.index(k) for k in spec.primary_key]
+        other_idx = [i for i in range(len(codecs)) if i not in key_idx]
+        plan = cache[spec.qualname] = _Plan(
+            codecs=codecs,
+            encode=db.row_encoder(spec),
+            ekey=_getter(key_idx),
+            others=_getter(other_idx),
+            other_codecs=[codecs[i] for i in other_idx],
+            key_codecs=[codecs[i] for i in key_idx],
+            literals=row_literals([c.type for c in spec.columns])
+            if db.dialect == "mysql"
+            else None,
+            fixed_bytes=sum(_bound(c.type) or 0 for c in spec.columns),
+            variable=[i for i, c in enumerate(spec.columns) if _bound(c.type) is None],
+        )
+    return plan
+
+
+def _bound(t: ColumnType) -> int | None:
+    """The most one value of a type can take in a statement (hex on MySQL), None if unbounded."""
+    if t.kind in ("varchar", "char"):
+        return 2 * (t.length or 255) + 16
+    if t.kind in ("text", "json", "blob", "bytes"):
+        return None
+    return 48  # numbers, uuids (32 hex digits), TIMESTAMP'...' literals
 
 
 # One row on its way to the database: (primary key as given, encoded key, encoded row).
 _Encoded = tuple[Key, Key, tuple[Any, ...]]
 
 
-class _Tally:
-    """Per-key outcome of one upsert call, relative to the table before the call.
-
-    A key can come back in a later batch of the same call (rows are streamed, so duplicates
-    are only merged within a batch). To still report it exactly, the digest of the row stored
-    before the call is kept for every key that existed; ``None`` marks a key that did not.
-    """
-
-    def __init__(self) -> None:
-        # hash() of a normalised row: its values are plain scalars (see codecs), and the hash
-        # is only ever compared with another version of the same key within one call.
-        self.before: dict[Key, int | None] = {}
-        self.status: dict[Key, tuple[Key, str]] = {}
-
-    def record(
-        self,
-        key: Key,
-        ekey: Key,
-        enc: tuple[Any, ...],
-        raw: tuple[Any, ...] | None,
-        codecs: list[Codec],
-    ) -> bool:
-        """Record one row against ``raw``, the stored row. True when the row must be written."""
-        norm = None if raw is None else _normalised(codecs, enc, raw)
-        differs = norm is None or norm != enc
-        if ekey not in self.before:
-            self.before[ekey] = None if norm is None else hash(norm)
-            status = "inserted" if norm is None else ("updated" if differs else "unchanged")
-        else:
-            original = self.before[ekey]
-            if original is None:
-                status = "inserted"
-            else:
-                status = "unchanged" if hash(enc) == original else "updated"
-        self.status[ekey] = (key, status)
-        return differs
-
-    def changeset(self, table: str) -> ChangeSet:
-        """The ChangeSet, keys in order of first appearance."""
-        cs = ChangeSet(table)
-        lists = {"inserted": cs.inserted, "updated": cs.updated, "unchanged": cs.unchanged}
-        for key, status in self.status.values():
-            lists[status].append(key)
-        return cs
+def _encode_unique(
+    plan: _Plan, spec: TableSpec, rows: Sequence[Mapping[str, Any]]
+) -> list[_Encoded]:
+    """Encode rows; of rows with the same *stored* key only the last is kept."""
+    encode, ekey_of, key_of = plan.encode, plan.ekey, spec.key_of
+    by_key: dict[Key, _Encoded] = {}
+    for row in rows:
+        enc = encode(row)
+        ekey = ekey_of(enc)
+        # Keys are compared encoded: two datetimes that truncate to the same datetime(3) key,
+        # or a uuid given as str and as UUID, are one row in the database. The last row wins;
+        # the key keeps its first position (the order of the ChangeSet).
+        by_key[ekey] = (key_of(row), ekey, enc)
+    return list(by_key.values())
 
 
-def _normalised(codecs: list[Codec], enc: tuple[Any, ...], raw: tuple[Any, ...]) -> tuple[Any, ...]:
+def _split_by_bytes(plan: _Plan, rows: list[_Encoded], limit: int) -> Iterator[list[_Encoded]]:
+    """Cut encoded rows into parts whose SQL stays under ``limit`` bytes."""
+    if not plan.variable and plan.fixed_bytes * len(rows) <= limit:
+        yield rows  # bounded columns only, and even the widest rows fit: nothing to measure
+        return
+    start = 0
+    size = 0
+    for i, (_, _, enc) in enumerate(rows):
+        # Bytes and text are hex-encoded on MySQL (two characters a byte).
+        n = plan.fixed_bytes
+        for j in plan.variable:
+            v = enc[j]
+            n += 16 if v is None else 2 * len(v) + 16
+        if i > start and size + n > limit:
+            yield rows[start:i]
+            start, size = i, 0
+        size += n
+    if start < len(rows):
+        yield rows[start:]
+
+
+def _normalised(codecs: list[Codec], enc: tuple[Any, ...], raw: Sequence[Any]) -> tuple[Any, ...]:
     """A stored row in parameter space: equal to the encoded row ``enc`` when the values are."""
     # Most stored values come back exactly as they were written (text, ints, SQLite dates):
     # only the others pay for normalising (uuid bytes, JSON re-serialised, decimals, ...).
@@ -203,95 +216,178 @@ def _normalised(codecs: list[Codec], enc: tuple[Any, ...], raw: tuple[Any, ...])
     )
 
 
-def _encode_unique(db: Database, spec: TableSpec, rows: list[dict[str, Any]]) -> list[_Encoded]:
-    """Encode rows; of rows with the same *stored* key only the last is kept."""
-    encode = db.row_encoder(spec)
-    key_idx = _key_indexes(spec)
-    by_key: dict[Key, _Encoded] = {}
-    for row in rows:
-        enc = encode(row)
-        ekey = tuple(enc[i] for i in key_idx)
-        # Keys are compared encoded: two datetimes that truncate to the same datetime(3) key,
-        # or a uuid given as str and as UUID, are one row in the database. The last row wins;
-        # the key keeps its first position (the order of the ChangeSet).
-        by_key[ekey] = (spec.key_of(row), ekey, enc)
-    return list(by_key.values())
-
-
-def _key_indexes(spec: TableSpec) -> list[int]:
-    return [spec.column_names.index(k) for k in spec.primary_key]
-
-
-def _split_by_bytes(
-    rows: list[tuple[Any, ...]], keys: list[Key], limit: int
-) -> Iterator[tuple[list[tuple[Any, ...]], list[Key]]]:
-    """Cut encoded rows (and their keys) into batches whose SQL stays under ``limit`` bytes."""
-    start = 0
-    size = 0
-    for i, row in enumerate(rows):
-        # Bytes are hex-encoded by PyMySQL (two characters a byte); other values are small.
-        n = sum(2 * len(v) + 8 if isinstance(v, bytes | str) else 24 for v in row)
-        if i > start and size + n > limit:
-            yield rows[start:i], keys[start:i]
-            start, size = i, 0
-        size += n
-    if start < len(rows):
-        yield rows[start:], keys[start:]
-
-
-def _upsert_batch(
+def _upsert_part(
     db: Database,
     conn: sa.Connection,
     spec: TableSpec,
-    batch: list[_Encoded],
+    plan: _Plan,
+    part: list[_Encoded],
     check_parents: bool,
-    tally: _Tally,
-    batch_bytes: int,
+    outcome: Outcome,
 ) -> None:
-    """Compare a batch with the stored rows; write the new and changed ones (only those)."""
-    codecs = db.codecs(spec)
-    stored = _select_existing(db, conn, spec, [ekey for _, ekey, _ in batch])
-    to_write: list[tuple[Any, ...]] = []
-    written_keys: list[Key] = []
-    for key, ekey, enc in batch:
-        if tally.record(key, ekey, enc, stored.get(ekey), codecs):
-            to_write.append(enc)
-            written_keys.append(key)
-    if not to_write:
-        return
-    if check_parents:
-        # Only the referencing and key columns are looked at (the key names a bad row).
-        wanted = {*spec.primary_key, *(c for fk in spec.foreign_keys for c in fk.columns)}
-        at = [(c, spec.column_names.index(c)) for c in wanted]
-        encoded_rows = [{c: e[i] for c, i in at} for e in to_write]
-        missing = missing_parents(db, conn, spec, encoded_rows, encoded=True)
-        if missing:
-            raise missing[0][1]
-    for rows, keys in _split_by_bytes(to_write, written_keys, batch_bytes):
-        sql = _upsert_sql(db, spec, len(rows))
-        try:
-            conn.exec_driver_sql(sql, _params(db, rows))
-        except (sa.exc.IntegrityError, sa.exc.DataError) as exc:
-            # Only data problems become RowErrors; lost connections, deadlocks and the like
-            # propagate as they are (the transaction turns them into DatabaseError).
-            raise _row_error_from_db(db, spec, exc, keys) from None
+    """Diff one part of a batch with the stored rows; write the new and changed rows only."""
+    literals = _literal_rows(spec, plan, part) if plan.literals is not None else None
+    found = {int(r[0]): r for r in _diff(db, conn, spec, plan, part, literals, check_parents)}
+    stored = _stored_rows(db, conn, spec, plan, [part[i][1] for i, r in found.items() if not r[1]])
+    # Per returned row: its status relative to the stored row, and that row's digest.
+    verdicts: dict[int, tuple[int, int]] = {}
+    missing: list[int] = []
+    for i in sorted(found):
+        r = found[i]
+        if r[1]:
+            verdicts[i] = (INSERTED, 0)
+        else:
+            mine = plan.others(part[i][2])
+            raw = stored.get(part[i][1])
+            if raw is None:  # deleted by someone else since the diff: written again
+                verdicts[i] = (UPDATED, 0)
+                continue
+            norm = _normalised(plan.other_codecs, mine, raw)
+            if norm == mine:
+                continue  # the same values, stored in another spelling
+            verdicts[i] = (UPDATED, digest(norm))
+        if any(r[2:]):
+            missing.append(i)
+    if missing:
+        raise _missing_parent_error(db, spec, plan, part[missing[0]], found[missing[0]][2:])
+    _record(plan, part, verdicts, outcome)
+    if verdicts:
+        chosen = sorted(verdicts)
+        texts = [literals[i] for i in chosen] if literals is not None else None
+        _write(db, conn, spec, [part[i] for i in chosen], texts)
 
 
-def _select_existing(
-    db: Database, conn: sa.Connection, spec: TableSpec, keys: Sequence[Key]
+def _stored_rows(
+    db: Database, conn: sa.Connection, spec: TableSpec, plan: _Plan, ekeys: list[Key]
 ) -> dict[Key, tuple[Any, ...]]:
-    """Stored rows for ``keys`` (raw driver values), keyed by their normalised (encoded) key."""
-    if not keys:
+    """The stored non-key values of the rows the diff found different, by encoded key."""
+    if not ekeys:
         return {}
-    sql = _select_sql(db, spec, len(keys))
-    params = _params(db, keys)
-    codecs = db.codecs(spec)
-    key_idx = _key_indexes(spec)
-    key_codecs = [codecs[i] for i in key_idx]
+    keys = spec.primary_key
+    others = [c for c in spec.column_names if c not in keys]
+    n = len(keys)
     out: dict[Key, tuple[Any, ...]] = {}
-    for r in conn.exec_driver_sql(sql, params):
-        out[tuple(c.stored(r[i]) for c, i in zip(key_codecs, key_idx, strict=True))] = tuple(r)
+    for r in select_by_keys(db, conn, spec, (*keys, *others), keys, ekeys):
+        ekey = tuple(c.stored(v) for c, v in zip(plan.key_codecs, r[:n], strict=True))
+        out[ekey] = tuple(r[n:])
     return out
+
+
+def _record(
+    plan: _Plan, part: list[_Encoded], verdicts: dict[int, tuple[int, int]], outcome: Outcome
+) -> None:
+    """Add the part's keys to the call's outcome (see :class:`changes.Outcome`)."""
+    positions, hashes = outcome.earlier([ekey for _, ekey, _ in part])
+    fresh = [i for i, pos in enumerate(positions) if pos < 0]
+    for i, pos in enumerate(positions):
+        if pos < 0:
+            continue
+        status, before = verdicts.get(i, (UNCHANGED, 0))
+        was = outcome.status(pos)
+        if was == UNCHANGED and status != UNCHANGED:
+            # Stored unchanged until now, so the stored row was the one from before the call.
+            outcome.set(pos, UPDATED, before)
+        elif was == UPDATED:
+            restored = digest(plan.others(part[i][2])) == outcome.before(pos)
+            outcome.set(pos, UNCHANGED if restored else UPDATED)
+    if len(fresh) == len(part):
+        statuses = bytes(verdicts.get(i, (UNCHANGED, 0))[0] for i in range(len(part)))
+        befores = [verdicts.get(i, (UNCHANGED, 0))[1] for i in range(len(part))]
+        outcome.add([k for k, _, _ in part], statuses, befores, hashes)
+    else:
+        outcome.add(
+            [part[i][0] for i in fresh],
+            bytes(verdicts.get(i, (UNCHANGED, 0))[0] for i in fresh),
+            [verdicts.get(i, (UNCHANGED, 0))[1] for i in fresh],
+            hashes[fresh],
+        )
+
+
+def _diff(
+    db: Database,
+    conn: sa.Connection,
+    spec: TableSpec,
+    plan: _Plan,
+    part: list[_Encoded],
+    literals: list[str] | None,
+    check_parents: bool,
+) -> Sequence[Any]:
+    """The part's rows that are new or differ: (index, new, missing parent per foreign key)."""
+    check = check_parents and bool(spec.foreign_keys)
+    rows = [enc for _, _, enc in part]
+    try:
+        if literals is not None:
+            values = ", ".join(f"({i}, {text})" for i, text in enumerate(literals))
+            sql = diff_sql(db, spec, 0, check) + values + diff_tail(db, spec, check)
+            count, text = conn.exec_driver_sql(_no_params(sql)).one()
+            found = [tuple(map(int, item.split(","))) for item in (text or "").split()]
+            if len(found) != count:
+                raise RuntimeError(
+                    f"upsert diff of {spec.qualname}: {count} rows, {len(found)} read"
+                )
+            return found
+        sql = diff_sql(db, spec, len(rows), check)
+        result = conn.exec_driver_sql(sql, params(db, rows)).fetchall()
+    except (sa.exc.IntegrityError, sa.exc.DataError) as exc:
+        raise _row_error_from_db(db, spec, exc, [k for k, _, _ in part]) from None
+    if db.dialect == "postgresql":  # WITH ORDINALITY counts from 1
+        return [(r[0] - 1, *r[1:]) for r in result]
+    return result
+
+
+def _no_params(sql: str) -> str:
+    # Sent without parameters, the text still goes through PyMySQL's "%" formatting.
+    return sql.replace("%", "%%")
+
+
+def _literal_rows(spec: TableSpec, plan: _Plan, part: list[_Encoded]) -> list[str]:
+    assert plan.literals is not None
+    out = []
+    for key, _, enc in part:
+        try:
+            out.append(plan.literals(enc))
+        except LiteralError as exc:
+            raise RowError(spec.qualname, spec.key_dict(key), None, str(exc)) from None
+    return out
+
+
+def _write(
+    db: Database,
+    conn: sa.Connection,
+    spec: TableSpec,
+    rows: list[_Encoded],
+    texts: list[str] | None,
+) -> None:
+    keys = [k for k, _, _ in rows]
+    try:
+        if texts is not None:
+            values = ", ".join(f"({text})" for text in texts)
+            sql = write_sql(db, spec, 0) + values + write_tail(db, spec)
+            conn.exec_driver_sql(_no_params(sql))
+        else:
+            encoded = [enc for _, _, enc in rows]
+            conn.exec_driver_sql(write_sql(db, spec, len(rows)), params(db, encoded))
+    except (sa.exc.IntegrityError, sa.exc.DataError) as exc:
+        # Only data problems become RowErrors; lost connections, deadlocks and the like
+        # propagate as they are (the transaction turns them into DatabaseError).
+        raise _row_error_from_db(db, spec, exc, keys) from None
+
+
+def _missing_parent_error(
+    db: Database, spec: TableSpec, plan: _Plan, row: _Encoded, flags: Sequence[Any]
+) -> MissingParentError:
+    key, _, enc = row
+    fk = next(fk for fk, flag in zip(spec.foreign_keys, flags, strict=True) if flag)
+    ref = ", ".join(
+        f"{c}={plan.codecs[spec.column_names.index(c)].decode(enc[spec.column_names.index(c)])!r}"
+        for c in fk.columns
+    )
+    return MissingParentError(
+        spec.qualname,
+        spec.key_dict(key),
+        ", ".join(fk.columns),
+        f"references {fk.parent} ({ref}), which does not exist",
+    )
 
 
 def missing_parents(
@@ -377,8 +473,8 @@ def select_by_keys(
     step = max(1, MAX_PARAMS[db.dialect] // max(1, len(match)))
     for start in range(0, len(keys), step):
         part = keys[start : start + step]
-        sql = _in_sql(db, spec, tuple(select), tuple(match), len(part))
-        yield from conn.exec_driver_sql(sql, _params(db, part))
+        sql = in_sql(db, spec, tuple(select), tuple(match), len(part))
+        yield from conn.exec_driver_sql(sql, params(db, part))
 
 
 def _existing_keys(
@@ -420,120 +516,3 @@ def _row_error_from_db(
     if column is not None and not spec.has_column(column):
         column = None
     return RowError(spec.qualname, key, column, problem)
-
-
-# --- SQL text, cached per table and batch size ----------------------------------------------------
-
-
-def placeholder(db: Database) -> str:
-    """The driver's positional parameter marker."""
-    return "?" if db.dialect == "sqlite" else "%s"
-
-
-def _params(db: Database, rows: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
-    """Parameters for a statement over many rows: flat, or one array per column on PostgreSQL."""
-    if db.dialect == "postgresql":
-        return tuple(list(column) for column in zip(*rows, strict=True))
-    return tuple(v for row in rows for v in row)
-
-
-def _arrays(db: Database, spec: TableSpec, columns: Sequence[str]) -> str:
-    """``unnest`` arguments: one typed array parameter per column (PostgreSQL)."""
-    table = db.table(spec)
-    dialect = db.engine.dialect
-    types = []
-    for c in columns:
-        t = table.c[c].type
-        # An explicit cast to varchar(n) or char(n) would silently truncate: cast to the type
-        # without a length (the same operators, so key indexes still serve) and let the
-        # assignment to the column refuse values that are too long, as VALUES does.
-        if isinstance(t, sa.Enum) or not isinstance(t, sa.String):
-            types.append(t.compile(dialect=dialect))
-        elif isinstance(t, sa.CHAR):
-            types.append("BPCHAR")
-        else:
-            types.append("TEXT" if isinstance(t, sa.Text) else "VARCHAR")
-    # %b: binary parameters. Text-format arrays would have psycopg escape every element.
-    return ", ".join(f"CAST(%b AS {t}[])" for t in types)
-
-
-def _in_sql(
-    db: Database, spec: TableSpec, select: tuple[str, ...], match: tuple[str, ...], n: int
-) -> str:
-    # PostgreSQL takes one array per column, so its statement does not depend on n: parsing
-    # a statement with thousands of placeholders costs more than the query itself.
-    cache_key = ("in", spec.qualname, select, match, 0 if db.dialect == "postgresql" else n)
-    sql = db.sql_cache.get(cache_key)
-    if sql is None:
-        sql = db.sql_cache[cache_key] = _build_in_sql(db, spec, select, match, n)
-    return sql
-
-
-def _build_in_sql(
-    db: Database, spec: TableSpec, select: tuple[str, ...], match: tuple[str, ...], n: int
-) -> str:
-    p = placeholder(db)
-    cols = ", ".join(db.select_column(spec, c) for c in select)
-    if db.dialect == "postgresql":
-        if len(match) == 1:
-            cond = f"{db.quote(match[0])} = ANY({_arrays(db, spec, match)})"
-        else:
-            keys = f"SELECT * FROM unnest({_arrays(db, spec, match)})"  # noqa: S608 (typed params)
-            cond = f"({', '.join(db.quote(c) for c in match)}) IN ({keys})"
-    elif db.dialect == "sqlite" and len(match) > 1:
-        # SQLite scans the whole table for a row-value IN list; joining a VALUES list of the
-        # keys searches the key index once per key instead.
-        return _sqlite_keys_join(db, spec, select, match, n)
-    elif len(match) == 1:
-        cond = f"{db.quote(match[0])} IN ({', '.join([p] * n)})"
-    else:
-        tup = "(" + ", ".join([p] * len(match)) + ")"
-        cond = f"({', '.join(db.quote(c) for c in match)}) IN ({', '.join([tup] * n)})"
-    return f"SELECT {cols} FROM {db.qualified(spec)} WHERE {cond}"  # noqa: S608 (quoted)
-
-
-def _sqlite_keys_join(
-    db: Database, spec: TableSpec, select: tuple[str, ...], match: tuple[str, ...], n: int
-) -> str:
-    names = [f'"__k{i}"' for i in range(len(match))]
-    row = "(" + ", ".join(["?"] * len(match)) + ")"
-    on = " AND ".join(f"t.{db.quote(c)} = k.{k}" for c, k in zip(match, names, strict=True))
-    cols = ", ".join(f"t.{db.quote(c)}" for c in select)
-    return (
-        f"WITH k({', '.join(names)}) AS (VALUES {', '.join([row] * n)}) "  # noqa: S608 (quoted)
-        f"SELECT {cols} FROM k CROSS JOIN {db.qualified(spec)} AS t ON {on}"
-    )
-
-
-def _select_sql(db: Database, spec: TableSpec, n: int) -> str:
-    return _in_sql(db, spec, spec.column_names, spec.primary_key, n)
-
-
-def _build_upsert_sql(db: Database, spec: TableSpec, n: int) -> str:
-    p = placeholder(db)
-    cols = [db.quote(c) for c in spec.column_names]
-    if db.dialect == "postgresql":
-        values_sql = f"SELECT * FROM unnest({_arrays(db, spec, spec.column_names)})"  # noqa: S608
-    else:
-        row = "(" + ", ".join([p] * len(cols)) + ")"
-        values_sql = "VALUES " + ", ".join([row] * n)
-    head = f"INSERT INTO {db.qualified(spec)} ({', '.join(cols)}) {values_sql}"
-    values = [db.quote(c.name) for c in spec.columns if not c.in_key]
-    if db.dialect == "mysql":
-        if not values:  # key-only table: a no-op update keeps real errors (unlike IGNORE)
-            k = db.quote(spec.primary_key[0])
-            return f"{head} ON DUPLICATE KEY UPDATE {k} = {k}"
-        return f"{head} ON DUPLICATE KEY UPDATE " + ", ".join(f"{c} = VALUES({c})" for c in values)
-    conflict = ", ".join(db.quote(k) for k in spec.primary_key)
-    if not values:
-        return f"{head} ON CONFLICT ({conflict}) DO NOTHING"
-    sets = ", ".join(f"{c} = excluded.{c}" for c in values)
-    return f"{head} ON CONFLICT ({conflict}) DO UPDATE SET {sets}"
-
-
-def _upsert_sql(db: Database, spec: TableSpec, n: int) -> str:
-    cache_key = ("upsert", spec.qualname, 0 if db.dialect == "postgresql" else n)
-    sql = db.sql_cache.get(cache_key)
-    if sql is None:
-        sql = db.sql_cache[cache_key] = _build_upsert_sql(db, spec, n)
-    return sql
