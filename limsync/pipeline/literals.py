@@ -45,7 +45,9 @@ def _float(v: float) -> str:
 def _decimal(v: decimal.Decimal) -> str:
     if not v.is_finite():
         raise LiteralError(f"{v} cannot be stored in MySQL")
-    return str(v)
+    # Positional notation: str() writes small or large values with an exponent ("1.23E-10"),
+    # which MySQL reads as an approximate DOUBLE, not an exact DECIMAL.
+    return format(v, "f")
 
 
 def literal(v: Any) -> str:

@@ -57,3 +57,15 @@ def test_unexpected_types_take_the_generic_path() -> None:
 def test_values_without_a_literal(value: object) -> None:
     with pytest.raises(LiteralError):
         literal(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (decimal.Decimal("1.23E-10"), "0.000000000123"),
+        (decimal.Decimal("1E+2"), "100"),
+        (decimal.Decimal("-20.50"), "-20.50"),
+    ],
+)
+def test_decimals_are_exact_literals_never_exponents(value: decimal.Decimal, text: str) -> None:
+    assert literal(value) == text
