@@ -224,6 +224,9 @@ class SyncEngine:
         # How many of them the ledger holds: when that is all its entries, nothing is gone.
         held = 0
         max_cursor = cursor
+        # The lock's expiry moves forward every twentieth of its lifetime (30 s by default), not
+        # after every batch: on SQLite each refresh is a write transaction of its own.
+        refresh_every, refreshed = lock.ttl.total_seconds() / 20, time.monotonic()
 
         def known(keys: Sequence[Key]) -> set[Key]:
             texts = {ledger.key_text(k): k for k in keys}
@@ -252,8 +255,9 @@ class SyncEngine:
             while len(pending) >= self.batch_size:
                 batch, pending = pending[: self.batch_size], pending[self.batch_size :]
                 held += self._process(name, stream, batch, sr, run_id, seen, None, dry_conn)
-                if dry_conn is None:
+                if dry_conn is None and time.monotonic() - refreshed >= refresh_every:
                     lock.refresh()
+                    refreshed = time.monotonic()
                 if self._stop_requested():
                     raise _StopRequestedError
         new_cursor = max_cursor if stream.cursor and max_cursor != cursor else None
@@ -300,8 +304,7 @@ class SyncEngine:
         # Indices of records whose key this scan reads for the first time, and of the others.
         first: list[int] = []
         again: list[int] = []
-        for i, ktext in enumerate(texts):
-            digest = seen_id(ktext)
+        for i, digest in enumerate(ident.seen_ids(texts)):
             if digest in seen:  # unordered paging, or a key twice in an export: see _duplicates
                 again.append(i)
             else:

@@ -95,6 +95,12 @@ class Identity:
         ]
 
     @staticmethod
+    def seen_ids(texts: Sequence[str]) -> list[int]:
+        """The :func:`seen_id` of key texts."""
+        blake2b, from_bytes = hashlib.blake2b, int.from_bytes
+        return [from_bytes(blake2b(t.encode(), digest_size=16).digest()) for t in texts]
+
+    @staticmethod
     def texts(keys: Sequence[Key]) -> list[str]:
         """The key texts of keys (as :func:`ledger.key_text` gives them)."""
         return ledger.key_texts(keys)

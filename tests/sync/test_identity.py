@@ -88,3 +88,4 @@ def test_an_invalid_record_is_set_aside_alone() -> None:
 def test_seen_ids_are_128_bit_digests_of_the_key_text() -> None:
     a, b = seen_id('["a"]'), seen_id('["b"]')
     assert a != b and a == seen_id('["a"]') and 0 <= a < 2**128
+    assert Identity.seen_ids(['["a"]', '["b"]']) == [a, b]
