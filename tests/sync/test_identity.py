@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 import pydantic
 from hypothesis import given
@@ -89,3 +89,19 @@ def test_seen_ids_are_128_bit_digests_of_the_key_text() -> None:
     a, b = seen_id('["a"]'), seen_id('["b"]')
     assert a != b and a == seen_id('["a"]') and 0 <= a < 2**128
     assert Identity.seen_ids(['["a"]', '["b"]']) == [a, b]
+
+
+class Odd(BaseModel):
+    """A UUID field whose validator returns text (the key text must still be the general one)."""
+
+    id: Annotated[uuid.UUID, pydantic.AfterValidator(lambda u: f"<{u}>")]
+
+
+def test_key_texts_of_uuid_keys() -> None:
+    raws = [{"id": str(uuid.UUID(int=i))} for i in (1, 2**100)]
+    for model in (Rec, Odd):
+        stream = Stream("recs", "recs", model, key=("id",))
+        ident = Identity(stream)
+        records = [model.model_validate({**r, "site": "s"}) for r in raws]
+        keys = ident.keys(records)
+        assert ident.texts(keys) == [ledger.key_text(k) for k in keys]
