@@ -6,10 +6,12 @@ mapped declaratively into ``tests/sync/fixtures/legacy/legacy_pipeline.py`` exac
 tests' ``migrate.toml`` does (a lab lookup per subject, date parsing, a value map, a template).
 Each backend runs in its own child process, so its peak RSS (``resource.getrusage``) is its own:
 the first migration, then the same migration again (nothing changed: everything is skipped by
-content hash).
+content hash). ``cpu s`` is the child's own CPU time (the database server's is not in it): on a
+shared machine it varies less than the wall-clock time.
 
     PYTHONPATH=. python benchmarks/migrate.py --rows 1000000 --backends sqlite mysql
     PYTHONPATH=. python benchmarks/migrate.py --rows 100000 --backends sqlite --profile
+    PYTHONPATH=. python benchmarks/migrate.py --rows 100000 --backends mysql --statements
 
 MariaDB/MySQL comes from ``LIMSYNC_TEST_MYSQL_URL`` (skipped when unset); its schemas get a
 unique ``bench_<random>_`` prefix and are dropped afterwards.
@@ -23,6 +25,7 @@ import io
 import json
 import os
 import pstats
+import re
 import resource
 import subprocess
 import sys
@@ -78,30 +81,71 @@ def child(args: argparse.Namespace) -> None:
     from limsync.sync.migrate import migrate
 
     settings = load_settings(args.config)
+    timings = _time_statements() if args.statements else None
     for phase in ("first", "unchanged"):
         profiler = cProfile.Profile() if args.profile and phase == "first" else None
         started = time.perf_counter()
+        cpu = time.process_time()
         if profiler:
             profiler.enable()
         result = migrate(settings)
         if profiler:
             profiler.disable()
         seconds = time.perf_counter() - started
+        cpu = time.process_time() - cpu
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         totals = result.reports[0].counts()
         line = {
-            "phase": phase, "seconds": round(seconds, 2), "read": result.read,
+            "phase": phase, "seconds": round(seconds, 2), "cpu": round(cpu, 2), "read": result.read,
             "rows_per_s": round(result.read / seconds), "peak_rss_mb": round(peak),
             "new": totals["new"], "unchanged": totals["unchanged"], "rejected": result.rejected,
             "ok": result.ok,
         }  # fmt: skip
         print(json.dumps(line), flush=True)
+        if timings is not None:
+            _print_statements(phase, timings, result.read)
+            timings.clear()
         if profiler:
             out = io.StringIO()
             pstats.Stats(profiler, stream=out).sort_stats(
                 os.environ.get("SORT", "tottime")
             ).print_stats(args.top)
             print(out.getvalue(), file=sys.stderr)
+
+
+def _time_statements() -> dict[str, list[float]]:
+    """Wall time of every statement by kind (its first words, schema prefixes taken out): the
+    driver's formatting of parameters (PyMySQL escapes them in ``execute``), the round trip and
+    the server's work."""
+    from sqlalchemy import event
+
+    timings: dict[str, list[float]] = {}
+
+    @event.listens_for(sa.engine.Engine, "before_cursor_execute")
+    def before(conn: Any, *_: Any) -> None:
+        conn.info["limsync_bench_t0"] = time.perf_counter()
+
+    @event.listens_for(sa.engine.Engine, "after_cursor_execute")
+    def after(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seconds = time.perf_counter() - conn.info.pop("limsync_bench_t0")
+        kind = re.sub(r"bench_[0-9a-f]+_", "", " ".join(statement.split()[:6]))[:70]
+        t = timings.setdefault(kind, [0, 0.0])
+        t[0] += 1
+        t[1] += seconds
+
+    return timings
+
+
+def _print_statements(phase: str, timings: dict[str, list[float]], records: int) -> None:
+    total = sum(t for _, t in timings.values())
+    out = [
+        f"statements of phase {phase}: {total:.2f} s in all, {1e6 * total / records:.0f} us a record"
+    ]
+    for kind, (n, seconds) in sorted(timings.items(), key=lambda x: -x[1][1])[:12]:
+        out.append(
+            f"  {seconds:7.2f} s {int(n):6d}x {1e6 * seconds / records:6.1f} us/record  {kind}"
+        )
+    print("\n".join(out), file=sys.stderr, flush=True)
 
 
 def drop_mysql(url: str, prefix: str) -> None:
@@ -128,6 +172,9 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--profile", action="store_true", help="cProfile the first migration")
     parser.add_argument("--top", type=int, default=25, help="profile lines to print")
+    parser.add_argument(
+        "--statements", action="store_true", help="time the SQL statements of each phase, by kind"
+    )
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
@@ -146,7 +193,8 @@ def main() -> int:
             f"written in {time.perf_counter() - started:.1f} s"
         )
         print(
-            f"{'backend':8} {'phase':10} {'seconds':>8} {'rows/s':>8} {'peak RSS MB':>12}  detail"
+            f"{'backend':8} {'phase':10} {'seconds':>8} {'rows/s':>8} {'cpu s':>6} {'cpu us/row':>10} "
+            f"{'peak RSS MB':>12}  detail"
         )
         for backend in args.backends:
             prefix = f"bench_{uuid.uuid4().hex[:6]}_"
@@ -173,6 +221,8 @@ def main() -> int:
             ]
             if args.profile:
                 cmd.append("--profile")
+            if args.statements:
+                cmd.append("--statements")
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
             except subprocess.TimeoutExpired:
@@ -187,10 +237,12 @@ def main() -> int:
                 detail = f"new {r['new']:,}, unchanged {r['unchanged']:,}, rejected {r['rejected']}"
                 print(
                     f"{backend:8} {r['phase']:10} {r['seconds']:8.1f} {r['rows_per_s']:8,} "
+                    f"{r['cpu']:6.1f} {1e6 * r['cpu'] / max(1, r['read']):10.0f} "
                     f"{r['peak_rss_mb']:12,}  {detail}"
                 )
                 failed |= not r["ok"]
-            if proc.returncode != 0 or args.profile:
+            if proc.returncode != 0 or args.profile or args.statements:
+                sys.stdout.flush()
                 print(proc.stderr[-20000:], file=sys.stderr)
             failed |= proc.returncode != 0
     return 1 if failed else 0

@@ -7,7 +7,10 @@ Two parts, each on SQLite and (when ``LIMSYNC_TEST_MYSQL_URL`` is set) MariaDB/M
   administrations) synced with :func:`limsync.sync.runner.sync`: the first sync, an unchanged
   re-sync, and a re-sync after 1% of subjects and sessions were modified and 1% more weighings
   recorded (the colony has no way to edit a weighing, as Alyx's API has none we read).
-  The server's request counters are compared with the number of list pages the data needs.
+  The server's request counters are compared with the number of list pages the data needs
+  (every stream's records at 1,000 a page, nickname-keyed streams lab by lab), with the
+  changed-since query of sessions, the session details and the login and schema requests
+  counted apart.
 * **engine** -- the sync engine alone: a :class:`~limsync.testing.memory.MemoryConnector` with
   N items (and N/100 groups they reference) mapped into a parent/child table pair: first load,
   unchanged re-sync, 1% changed.
@@ -283,6 +286,15 @@ _PER_LAB_LAB_LISTS = (
 )
 
 
+def changed_since_requests(alyx: Any) -> int | None:
+    """List requests of the sessions' changed-since query (``auto_datetime__gte``, in slices
+    when it leaves out held versions); None when the server's log no longer holds them all."""
+    log = alyx.request_log
+    if len(log) < alyx.requests:
+        return None
+    return sum(1 for r in log if r.path.endswith("/sessions") and "auto_datetime__gte" in r.query)
+
+
 def mutate_one_percent(colony: Any) -> dict[str, int]:
     """Modify 1% of subjects and sessions, and record 1% more weighings."""
     subjects = colony.ids("subject")[::100]
@@ -353,6 +365,8 @@ def bench_alyx(
                     requests=alyx.requests,
                     detail_requests=detail,
                     list_requests=alyx.requests - detail - other,
+                    changed_requests=changed_since_requests(alyx),
+                    other_requests=other,
                     pages=pages,
                 )
                 rows.append(_row("alyx", backend, phase, res, note))
@@ -407,7 +421,14 @@ def _print_row(r: dict[str, Any]) -> None:
         )
         return
     c = r["counts"]
-    http = f"{r['requests']:>6} ({r['list_requests']}/{r['pages']})" if "requests" in r else ""
+    http = ""
+    if "requests" in r:
+        changed = r.get("changed_requests")
+        http = (
+            f"{r['requests']:>6}/{r['pages']:<5} (list {r['list_requests']} incl. changed-since "
+            f"{'?' if changed is None else changed}, detail {r['detail_requests']}, "
+            f"login+schema {r['other_requests']})"
+        )
     # CPU seconds of this process (the database server's work is not in them): steadier than
     # wall time on a loaded machine.
     cpu = f"{r['cpu_seconds']:7.2f}" if "cpu_seconds" in r else f"{'':7}"
@@ -428,7 +449,7 @@ def _print_row(r: dict[str, Any]) -> None:
 HEADER = (
     f"{'part':7} {'backend':7} {'phase':10} {'seconds':>8} {'cpu s':>7} {'records':>8} "
     f"{'records/s':>9} "
-    f"{'RSS MB':>7} {'base':>6} {'HTTP (list/pages)':>18}  outcome"
+    f"{'RSS MB':>7} {'base':>6} {'HTTP requests/pages':>18}  outcome"
 )
 
 

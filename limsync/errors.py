@@ -11,6 +11,7 @@ secret are never formatted into a message.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
@@ -61,6 +62,14 @@ class SchemaMismatchError(DatabaseError):
         super().__init__(f"table {table} exists but differs from its declaration:\n{lines}")
 
 
+def _shown(value: Any) -> str:
+    """A key value for a message: dates and times as their text (``'2020-03-01 09:30:00'``,
+    not ``datetime.datetime(2020, 3, 1, 9, 30)``), anything else as its repr."""
+    if isinstance(value, dt.date | dt.time):
+        return repr(str(value))
+    return repr(value)
+
+
 class RowError(DatabaseError):
     """A row cannot be written: invalid value, over-long string, missing parent, ...
 
@@ -81,7 +90,7 @@ class RowError(DatabaseError):
         self.problem = problem
         where = f"table {table}"
         if self.key:
-            where += " key " + ", ".join(f"{k}={v!r}" for k, v in self.key.items())
+            where += " key " + ", ".join(f"{k}={_shown(v)}" for k, v in self.key.items())
         if column:
             where += f" column {column}"
         super().__init__(f"{where}: {problem}")
@@ -158,3 +167,9 @@ class SyncError(LimsyncError):
 
 class PopulateError(LimsyncError):
     """A populate run could not proceed (as opposed to a ``make`` error, which is recorded)."""
+
+
+class RestrictionError(PopulateError):
+    """A populate restriction names a column that no key-source table has (a usage error)."""
+
+    exit_code = 2

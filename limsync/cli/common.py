@@ -98,6 +98,25 @@ def database_only(config_path: Path | None) -> Iterator[Any]:
 # --- reports
 
 
+def counts_text(counts: dict[str, Any]) -> str:
+    """A run log entry's counts in a few words, for the kind of run it was.
+
+    A populate run counts keys made and failed; a sync, migrate or replay counts records read and
+    what became of them (zeros left out, so what happened stands out).
+    """
+    if "made" in counts:
+        failed = counts.get("failed") or 0
+        return f"made {counts['made']}" + (f", {failed} failed" if failed else "")
+    if "read" not in counts:
+        return ""
+    parts = [
+        f"{counts[k]} {k}"
+        for k in ("new", "changed", "gone", "deleted", "quarantined")
+        if counts.get(k)
+    ]
+    return f"read {counts['read']}" + (f": {', '.join(parts)}" if parts else "")
+
+
 def print_reports(reports: list[SyncReport], as_json: bool) -> int:
     """Print sync reports; returns the exit code (1 if anything failed)."""
     if as_json:

@@ -11,7 +11,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from limsync.cli.common import config_option, handle_errors, out
+from limsync.cli.common import config_option, counts_text, handle_errors, out
 from limsync.cli.logs import register_settings_secrets
 from limsync.config.settings import load_settings
 
@@ -80,18 +80,15 @@ def status_table(rows: list[dict[str, Any]]) -> Table:
     """``limsync status`` as a rich table: one row per connector."""
     from limsync.config.duration import format_duration
 
-    t = Table("connector", "last run", "outcome", "read", "new", "changed", "quarantined",
-              "next run (UTC)", "stale for", "records", "open quarantine",
-              "populate backlog")  # fmt: skip
+    t = Table("connector", "last run", "outcome", "counts", "next run (UTC)", "stale for",
+              "records", "open quarantine", "populate backlog")  # fmt: skip
     for r in rows:
         last = r["last_run"] or {}
-        counts = last.get("counts") or {}
         stale = r.get("stale_seconds")
         backlog = r.get("populate_backlog") or {"outbox": r["outbox_backlog"]}
         t.add_row(
             r["connector"], str(last.get("started_at", "never"))[:19], str(last.get("status", "")),
-            str(counts.get("read", "")), str(counts.get("new", "")),
-            str(counts.get("changed", "")), str(counts.get("quarantined", "")),
+            counts_text(last.get("counts") or {}),
             str(r.get("next_run") or "not scheduled")[:19],
             "never succeeded" if stale is None else format_duration(max(stale, 1)),
             str(r["records"].get("present", 0)), str(r["quarantined"]),

@@ -15,11 +15,14 @@ from limsync.pipeline.tables import TableSpec, tables_in
 
 
 def pipeline_of(settings: Settings) -> tuple[list[TableSpec], dict[str, list[str]]]:
-    """The declared tables of every configured connector, and which stream feeds which table."""
+    """The declared tables of every configured connector and of ``[populate] tables``, and
+    which stream feeds which table."""
     from limsync.connectors import registry
+    from limsync.pipeline.populate import load_tables
+    from limsync.pipeline.populate.worker import specs_of
     from limsync.sync.runner import mapping_module
 
-    if not settings.connectors:
+    if not settings.connectors and not settings.populate.tables:
         raise ConfigError("no connectors are configured: there is no pipeline to draw")
     specs: dict[str, TableSpec] = {}
     feeds: dict[str, list[str]] = {}
@@ -33,6 +36,10 @@ def pipeline_of(settings: Settings) -> tuple[list[TableSpec], dict[str, list[str
                 feeds[f"{name}.{stream}"] = [s.qualname for s in smap.specs]
                 for spec in smap.specs:
                     specs.setdefault(spec.qualname, spec)
+    # The computed tables limsync populates ([populate] tables), with their Part tables.
+    for populated in load_tables(settings.populate.tables):
+        for spec in specs_of(populated):
+            specs.setdefault(spec.qualname, spec)
     return list(specs.values()), feeds
 
 

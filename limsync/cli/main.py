@@ -17,6 +17,7 @@ from rich.table import Table
 from limsync import __version__
 from limsync.cli.common import (
     config_option,
+    counts_text,
     database_only,
     echo_json,
     err,
@@ -200,7 +201,7 @@ def connectors() -> None:
 @json_option
 @click.option("--connector", help="Only this connector.")
 @click.option("--status", "status_", help="Only runs with this status.")
-@click.option("--kind", help="Only runs of this kind (sync, populate, replay).")
+@click.option("--kind", help="Only runs of this kind (sync, migrate, populate, replay).")
 @click.option("--since", help="Only runs started within this duration (2h, 1d) or since a UTC "
               "date/time (2025-01-31, 2025-01-31T02:00).")  # fmt: skip
 @click.option("--limit", default=20, show_default=True, help="How many runs.")
@@ -218,14 +219,16 @@ def runs(config_path: Path | None, as_json: bool, connector: str | None, status_
     if as_json:
         echo_json(rows)
         return
-    t = Table("run", "connector", "kind", "mode", "status", "started", "finished", "read",
-              "inserted", "updated", "quarantined", "error")  # fmt: skip
+    t = Table("run", "connector", "kind", "mode", "status", "started", "finished", "counts",
+              "rows written", "error")  # fmt: skip
     for r in rows:
         c = r["counts"]
+        written = (
+            f"{c.get('inserted', 0)} inserted, {c.get('updated', 0)} updated" if "read" in c else ""
+        )
         t.add_row(str(r["run_id"]), r["connector"], r["kind"], r["mode"], r["status"],
                   str(r["started_at"])[:19], str(r["finished_at"] or "")[:19],
-                  str(c.get("read", "")), str(c.get("inserted", "")), str(c.get("updated", "")),
-                  str(c.get("quarantined", "")), (r["error"] or "")[:60])  # fmt: skip
+                  counts_text(c), written, (r["error"] or "")[:60])  # fmt: skip
     out.print(t)
 
 

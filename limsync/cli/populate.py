@@ -145,7 +145,8 @@ def populate(
 
 
 def print_after_sync(report: Any) -> None:
-    """One line per populated table after a sync: recomputed, made, failed."""
+    """One line per populated table after a sync (recomputed, made, failed), one per DataJoint
+    table ([populate.datajoint]), then every DataJoint error with its key."""
     recomputed = report.outbox.recomputed if report.outbox else {}
     for t in report.tables:
         out.print(
@@ -153,3 +154,20 @@ def print_after_sync(report: Any) -> None:
             f"upstream changes, {t.made} made, {t.failed} failed",
             highlight=False,
         )
+    totals: dict[str, dict[str, int]] = {}
+    for dj_report in report.outbox.datajoint if report.outbox else []:
+        for name, t in dj_report.tables.items():
+            row = totals.setdefault(name, dict.fromkeys(("deleted", "populated", "queued"), 0))
+            row["deleted"] += t.deleted
+            row["populated"] += t.populated
+            row["queued"] += t.queued
+    for name, row in totals.items():
+        out.print(
+            f"datajoint {name}: {row['deleted']} stale rows deleted, {row['populated']} "
+            f"populated, {row['queued']} queued",
+            highlight=False,
+        )
+    for table, key, message in report.datajoint_errors():
+        err.print(f"datajoint {table} {key or '(whole table)'}: {message}", highlight=False)
+    if report.tables and any(t.failed for t in report.tables):
+        err.print("failed keys: limsync populate --errors lists them", highlight=False)

@@ -1,4 +1,8 @@
-"""Progress bars on a terminal: records read per stream, with a rate."""
+"""Progress bars on a terminal: records read per stream, with a rate.
+
+They are drawn on stderr, and only when stderr is a terminal: stdout carries the results (the
+summary table, ``--json``), which a script may redirect to a file.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from limsync.cli.common import err
 from limsync.sync.engine import Progress as ProgressCallback
 
 
@@ -38,6 +43,7 @@ def progress_bars(enabled: bool = True) -> Iterator[ProgressCallback | None]:
         TextColumn("{task.completed:>8,} records"),
         _Rate(),
         TimeElapsedColumn(),
+        console=err,
         transient=False,
     ) as bars:
         tasks: dict[str, TaskID] = {}

@@ -19,6 +19,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     field_validator,
     model_validator,
@@ -153,6 +154,9 @@ class Settings(BaseSettings):
     mappings: Mappings = {}
     """Declarative mappings: connector instance -> stream -> tables (docs/migrations.md)."""
 
+    _source: str = PrivateAttr("limsync.toml")
+    """The file the settings came from: named in connector settings errors."""
+
     @model_validator(mode="after")
     def _mapped_connectors(self) -> Settings:
         unknown = sorted(set(self.mappings) - set(self.connectors))
@@ -187,7 +191,7 @@ class Settings(BaseSettings):
         if not type_name:
             raise ConfigError(f"connectors.{name}: 'type' is required (e.g. type = \"alyx\")")
         cls = registry.get(str(type_name))
-        return cls.parse_settings(data, name=name)
+        return cls.parse_settings(data, name=name, where=self._source)
 
 
 def load_settings(path: str | Path | None = None) -> Settings:
@@ -213,6 +217,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
     except SettingsError as exc:
         # e.g. a LIMSYNC_* variable holding malformed JSON; the message names the field only.
         raise ConfigError(f"invalid LIMSYNC_* environment variable: {exc}") from None
+    settings._source = str(file)
     for name in settings.connectors:
         settings.connector_settings(name)  # validate every instance up front
     return settings

@@ -10,7 +10,8 @@ are private and may change):
 * reading: :class:`ReadContext`, :data:`Key`, :data:`Page`, :data:`Record`,
   :func:`nothing_known`, :class:`CheckResult`;
 * paging: :class:`Paginator` and :class:`LimitOffset`, :class:`HeaderTotal`,
-  :class:`PageNumber`, :class:`NextLink`, :class:`SinglePage`;
+  :class:`PageNumber`, :class:`NextLink`, :class:`SinglePage`; :func:`field_at` (a dotted
+  field of a JSON body, as the paginators read records, counts and links);
 * HTTP: the auth helpers :class:`BearerAuth`, :class:`TokenAuth`, :class:`HeaderAuth`,
   :class:`BasicAuth`; :func:`send` and :func:`raise_for_response` (a request with limsync's
   error translation), :func:`redact_url` and :func:`response_detail` (for messages);
@@ -46,6 +47,7 @@ from limsync.connectors.pagination import (
     Paginator,
     Record,
     SinglePage,
+    field_at,
 )
 
 __all__ = [
@@ -71,6 +73,7 @@ __all__ = [
     "Streams",
     "TableOverride",
     "TokenAuth",
+    "field_at",
     "nothing_known",
     "raise_for_response",
     "redact_url",

@@ -243,11 +243,15 @@ class Connector:
     # --- construction ---------------------------------------------------------------------------
 
     @classmethod
-    def parse_settings(cls, data: Mapping[str, Any], *, name: str = "") -> ConnectorSettings:
+    def parse_settings(
+        cls, data: Mapping[str, Any], *, name: str = "", where: str | None = None
+    ) -> ConnectorSettings:
         """Validate raw settings (from the config file) into ``settings_model``.
 
         Raises ConfigError listing each problem by location, never echoing the values (a
-        password could be among them).
+        password could be among them). ``where`` (the configuration file) makes each problem
+        also say where to fix it: the file's ``[connectors.NAME]`` table or the
+        ``LIMSYNC_CONNECTORS__NAME__…`` variable, since either may have set the value.
         """
         label = f"connector {name!r}" if name else f"{cls.type_name} connector"
         names = None if cls.instance_streams else list(cls.streams)
@@ -258,6 +262,7 @@ class Connector:
         except pydantic.ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in err['loc']) or '(settings)'}: {err['msg']}"
+                + _fix_hint(where, name, err["loc"])
                 for err in exc.errors(include_input=False, include_url=False)
             )
             raise ConfigError(f"{label} settings: {problems}") from None
@@ -585,3 +590,14 @@ def _format_path(stream: Stream, parent: Record) -> str:
             )
         values[name] = quote(str(parent[name]), safe="")
     return stream.path.format_map(values)
+
+
+def _fix_hint(where: str | None, name: str, loc: tuple[int | str, ...]) -> str:
+    """Where a connector setting can be fixed: the file's table, or its environment variable."""
+    if where is None or not name:
+        return ""
+    table = f"{where} [connectors.{name}]"
+    if not loc:
+        return f" (in {table})"
+    env = "__".join(["LIMSYNC_CONNECTORS", name, *(str(p) for p in loc)]).upper()
+    return f" (set it in {table} or {env})"

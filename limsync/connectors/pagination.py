@@ -92,8 +92,21 @@ def _get(fetch: Fetch, url: str, params: dict[str, Any]) -> tuple[requests.Respo
         ) from None
 
 
+def field_at(body: Any, path: str) -> Any:
+    """The value at a dotted ``path`` of a JSON body (``"data.items"``), or None where absent.
+
+    Paginators read the record list, the total count and the next link through it, so an API
+    that nests them (``{"data": {"items": [...], "meta": {"total": 9}}}``) needs no code.
+    """
+    for part in path.split("."):
+        if not isinstance(body, dict):
+            return None
+        body = body.get(part)
+    return body
+
+
 def _records(body: Any, results_key: str | None, url: str) -> Page:
-    items = body.get(results_key) if results_key is not None and isinstance(body, dict) else body
+    items = field_at(body, results_key) if results_key is not None else body
     if not isinstance(items, list):
         where = f"a {results_key!r} list" if results_key is not None else "a JSON array"
         raise PaginationError(f"GET {redact_url(url)}: expected {where} in the response")
@@ -219,7 +232,7 @@ class LimitOffset(_OffsetPaginator):
         self.count_key = count_key
 
     def _total(self, response: requests.Response, body: Any) -> int | None:
-        return _count(body.get(self.count_key)) if isinstance(body, dict) else None
+        return _count(field_at(body, self.count_key))
 
 
 class HeaderTotal(_OffsetPaginator):
@@ -290,7 +303,7 @@ class PageNumber(Paginator):
             records = _records(body, self.results_key, url)
             if not records:
                 return
-            total = _count(body.get(self.count_key)) if isinstance(body, dict) else None
+            total = _count(field_at(body, self.count_key))
             guard.see(records, total)
             yield records
             read += len(records)
@@ -351,11 +364,11 @@ class NextLink(Paginator):
         while True:
             response, body = _get(fetch, current, query)
             records = _records(body, self.results_key, current)
-            total = _count(body.get(self.count_key)) if isinstance(body, dict) else None
+            total = _count(field_at(body, self.count_key))
             if records:
                 guard.see(records, total)
                 yield records
-            link = body.get(self.next_key) if isinstance(body, dict) else None
+            link = field_at(body, self.next_key)
             if not records or not isinstance(link, str) or not link:
                 return
             seen.add(response.url or current)

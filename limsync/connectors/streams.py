@@ -37,6 +37,9 @@ class Cursor:
     field: str
     lookback: timedelta = timedelta(0)
     """How far before the last committed value the next incremental read starts."""
+    versions: bool = False
+    """Keep, per record, the cursor value of the copy stored (``ReadContext.versions``), for a
+    connector that skips records whose current value is one it holds."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,15 @@ class ReadContext:
     """Optional: in a full scan, keys the connector confirms exist without yielding their
     records (e.g. known, unchanged Alyx sessions whose details it does not re-fetch). The engine
     counts them as present. When None, connectors yield every record in a full scan."""
+    versions: Callable[[str], set[str]] | None = None
+    """For streams whose cursor keeps versions (``Cursor.versions``): the distinct cursor values
+    of the stored records that sort at or after the given text bound. Every record the engine
+    stores (or finds unchanged) holds the cursor value of the copy it stored, so a record whose
+    current value is not among these surely changed (or is new). None: no versions kept."""
+    unhold: Callable[[Sequence[Key]], None] | None = None
+    """With ``versions``: drop the versions held for these keys once the stream's
+    records are stored, so a later read treats them as changed. For a connector that saw
+    records change while it read them: the versions it yielded may not be the current ones."""
 
 
 def nothing_known(keys: Sequence[Key]) -> set[Key]:

@@ -87,7 +87,9 @@ class TableRefresh:
             "jobs_cleared": self.jobs_cleared,
             "populated": self.populated,
             "queued": self.queued,
-            "errors": [{"key": k, "message": m} for k, m in self.errors],
+            # The first 100 (the run log keeps this); error_count says how many there were.
+            "errors": [{"key": k, "message": m} for k, m in self.errors[:100]],
+            "error_count": len(self.errors),
             "error": self.error,
         }
 
@@ -395,6 +397,7 @@ def _populate(plan: _Plan, result: TableRefresh) -> None:
         result.populated += int(outcome["success_count"])
         for key, message in outcome["error_list"]:
             result.errors.append((dict(key), str(message)))
+            log.error("populate.datajoint: %s make(%s) failed: %s", plan.path, dict(key), message)
 
 
 def _queue(plan: _Plan, result: TableRefresh) -> None:

@@ -89,10 +89,72 @@ def _insert_many(
     if conn.dialect.name != "mysql":
         conn.exec_driver_sql(head + template, params)
         return
+    if not extra and _insert_literal_rows(conn, head, [v for v in values if v != p], rows):
+        return
     # PyMySQL rewrites executemany into one multi-row INSERT only when the VALUES clause holds
     # nothing but placeholders; with literals in it, it would send one statement per row.
     for part in _packets(params):
         conn.exec_driver_sql(head + ", ".join([template] * len(part)), tuple(chain(*part)))
+
+
+# PyMySQL's server_status flag for sql_mode NO_BACKSLASH_ESCAPES (the MySQL protocol's
+# SERVER_STATUS_NO_BACKSLASH_ESCAPES), written here so that SQLite-only runs need not import
+# PyMySQL's connection machinery.
+_NO_BACKSLASH_ESCAPES = 512
+
+
+def _mysql_text(value: str) -> str:
+    """``value`` as the inside of a single-quoted MySQL literal (backslash escapes on).
+
+    MySQL needs only the backslash and the quote escaped; NUL is escaped too, as the C API
+    does. Three ``str.replace`` (C loops that return at once when there is nothing to do) cost
+    a tenth of PyMySQL's ``str.translate`` through a dict table, which looks every character
+    up in Python objects (~2 us against ~25 us for a 40-character key text on this machine).
+    """
+    return value.replace("\\", "\\\\").replace("'", "\\'").replace("\0", "\\0")
+
+
+def _insert_literal_rows(
+    conn: sa.Connection, head: str, constants: list[str], rows: list[tuple[Any, ...]]
+) -> bool:
+    """MySQL: the rows as one literal multi-row INSERT per packet, escaped here; False (nothing
+    sent) when a value is not a str, the server quotes without backslash escapes or the
+    connection's character set is not UTF-8.
+
+    Ledger and outbox values are all text (key texts, hashes, JSON targets). PyMySQL's
+    per-value ``escape`` (type dispatch, encoder lookup, quoting: several Python calls) was a
+    third of these inserts' client time; :func:`_mysql_text` gives an equivalent literal.
+    """
+    dbapi = conn.connection.dbapi_connection
+    status = getattr(dbapi, "server_status", None)
+    if not isinstance(status, int) or status & _NO_BACKSLASH_ESCAPES:
+        return False
+    # In UTF-8 no character's bytes contain a backslash or a quote (unlike GBK or SJIS).
+    if not str(getattr(dbapi, "charset", "")).startswith("utf8"):
+        return False
+    if not all(type(v) is str for row in rows for v in row):
+        return False
+    tail = "".join(f",{c}" for c in constants) + ")"
+    esc = _mysql_text
+    lines = ["('" + "','".join([esc(v) for v in row]) + "'" + tail for row in rows]
+    start, size = 0, 0
+    for i, line in enumerate(lines):
+        if i > start and size + len(line) > _PACKET_CHARS:
+            _execute_literal(conn, head + ",".join(lines[start:i]))
+            start, size = i, 0
+        size += len(line) + 1
+    _execute_literal(conn, head + ",".join(lines[start:]))
+    return True
+
+
+# Characters of one literal statement: at most 12 MB as UTF-8 even if every character took 4
+# bytes, below MySQL's default max_allowed_packet of 16 MB (key texts are ASCII: ~3 MB).
+_PACKET_CHARS = 3_000_000
+
+
+def _execute_literal(conn: sa.Connection, sql: str) -> None:
+    # no_parameters: the driver must not %-format a statement that carries no parameters.
+    conn.exec_driver_sql(sql, execution_options={"no_parameters": True})
 
 
 def _packets(rows: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:

@@ -11,6 +11,7 @@ They live in their own schema (``<prefix>limsync`` on MySQL/PostgreSQL; a name p
 ``~limsync_outbox``           changed keys per table, for downstream recompute (at-least-once)
 ``~limsync_lock``             writer locks on SQLite (MySQL/PostgreSQL use server locks)
 ``~limsync_job``              populate's job table: pending, reserved and failed keys (v2)
+``~limsync_source_version``   per record: the source's version (cursor value) of what is stored (v3)
 ============================  =================================================================
 
 Created or migrated by :func:`upgrade` (``limsync db upgrade``), and automatically on first use.
@@ -31,7 +32,7 @@ import sqlalchemy as sa
 from limsync.errors import DatabaseError
 from limsync.pipeline.database import Database
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 PREFIX = "~limsync_"
 
 
@@ -154,6 +155,17 @@ class StateTables:
             sa.Column("expires_at", ts, nullable=False),
             schema=schema,
         )  # fmt: skip
+        # The cursor value (e.g. Alyx's auto_datetime) of the record version a ledger entry
+        # stores, for connectors that can skip records whose version they already hold.
+        self.source_version = sa.Table(
+            name("source_version"), m,
+            sa.Column("connector", ident, primary_key=True),
+            sa.Column("stream", ident, primary_key=True),
+            sa.Column("source_key", key, primary_key=True),
+            sa.Column("version", sa.String(64), nullable=False),
+            sa.Index(f"{PREFIX}source_version_value", "connector", "stream", "version"),
+            schema=schema,
+        )  # fmt: skip
 
 
 def state_tables(db: Database) -> StateTables:
@@ -171,6 +183,8 @@ MIGRATIONS: list[Callable[[sa.Connection, StateTables], None]] = [
     lambda conn, st: st.metadata.create_all(conn, checkfirst=True),
     # 2: populate's job table
     lambda conn, st: st.job.create(conn, checkfirst=True),
+    # 3: per-record source versions
+    lambda conn, st: st.source_version.create(conn, checkfirst=True),
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 

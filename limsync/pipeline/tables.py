@@ -293,6 +293,23 @@ class AutoPopulated(Table):
 
         return fetch_where(self.db, self.conn, table, where)
 
+    def insert1(self, row: MakeRow) -> None:
+        """Inside ``make``, insert a row instead of returning it: a dict for this table, or a
+        ``(PartClass, row)`` pair. The rows are written with the key's others, all or none."""
+        made = self.__dict__.get("_made_rows")
+        if made is None:
+            from limsync.errors import PopulateError
+
+            raise PopulateError(
+                f"{type(self).__qualname__}.insert1 works only inside make, run by populate"
+            )
+        made.append(row)
+
+    def insert(self, rows: Iterable[MakeRow]) -> None:
+        """Inside ``make``, insert several rows (see :meth:`insert1`)."""
+        for row in rows:
+            self.insert1(row)
+
 
 class Imported(AutoPopulated):
     """Auto-populated from outside data (prefix ``_``)."""

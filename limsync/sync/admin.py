@@ -50,10 +50,11 @@ def discover(settings: Settings) -> list[dict[str, Any]]:
 
 
 def status(db: Database, settings: Settings) -> list[dict[str, Any]]:
-    """Per configured connector: last run, last success, staleness (seconds since the last
-    success), next scheduled run (from ``[[schedule]]``, no daemon needed), open quarantine,
-    outbox backlog and populate backlog per table."""
-    from limsync.sync.schedule import next_runs, populate_backlog
+    """Per configured connector, and for populate when it is configured or scheduled: last run,
+    last success, staleness (seconds since the last success), next scheduled run (from
+    ``[[schedule]]``, no daemon needed), open quarantine, outbox backlog and populate backlog
+    per table."""
+    from limsync.sync.schedule import POPULATE, next_runs, populate_backlog
 
     st = state.ensure(db)
     now = state.utcnow()
@@ -70,7 +71,10 @@ def status(db: Database, settings: Settings) -> list[dict[str, Any]]:
             .select_from(st.outbox)
             .where(st.outbox.c.processed_at.is_(None))
         ).scalar_one()
-        for name in settings.connectors:
+        # Populate has a row of its own when it is configured or scheduled: its runs are
+        # logged under the name "populate", like a connector's.
+        populating = bool(settings.populate.tables) or POPULATE in upcoming
+        for name in [*settings.connectors, *([POPULATE] if populating else [])]:
             last = state.runs(db, connector=name, limit=1)
             ok = state.runs(db, connector=name, status="success", limit=1)
             quarantined = conn.execute(
@@ -254,4 +258,9 @@ def state_reset(
             if stream:
                 lconds.append(st.ledger.c.stream == stream)
             entries = conn.execute(st.ledger.delete().where(*lconds)).rowcount
+            # Source versions describe stored copies the ledger no longer vouches for.
+            vconds = [st.source_version.c.connector == connector]
+            if stream:
+                vconds.append(st.source_version.c.stream == stream)
+            conn.execute(st.source_version.delete().where(*vconds))
     return {"cursors": int(cursors), "ledger_entries": int(entries)}

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 
 from limsync.connectors.base import Connector, Key, ReadContext, Stream
 from limsync.errors import DeleteRefusedError, LimsyncError, LockHeldError, RowError
-from limsync.pipeline import ledger, state
+from limsync.pipeline import ledger, state, versions
 from limsync.pipeline.database import Database
 from limsync.pipeline.graph import build_graph, load_order
 from limsync.pipeline.locks import Lock
@@ -92,6 +92,9 @@ class SyncEngine:
         self._open_quarantine: dict[str, bool] = {}
         self.writer = BatchWriter(db, self.st, connector.name)
         self._identities: dict[str, Identity] = {}
+        # Per stream with a cursor being read: (key text, cursor value) of each record stored,
+        # held as source versions once the whole stream is read (see _hold_versions).
+        self._stored_versions: dict[str, list[tuple[str, str | None]]] = {}
         # Called with (stream, [(key, stage, error, raw), ...]) after each batch that set records
         # aside, dry runs included: how `limsync migrate` reports what a dry run would reject.
         self.on_quarantine: Callable[[str, list[tuple[str, str, str, Any]]], None] | None = None
@@ -238,7 +241,23 @@ class SyncEngine:
         def confirm_seen(keys: Sequence[Key]) -> None:
             seen.update(seen_id(ledger.key_text(k)) for k in keys)
 
-        ctx = ReadContext(full=full, cursor=cursor, known=known, seen=confirm_seen)
+        def held_versions(lower: str) -> set[str]:
+            with contextlib.ExitStack() as stack:
+                c = dry_conn or stack.enter_context(self.db.engine.connect())
+                return versions.held_since(c, self.st, self.name, name, lower)
+
+        unheld: list[Key] = []  # versions the connector no longer vouches for
+        versioned = stream.cursor is not None and stream.cursor.versions
+        if versioned:
+            self._stored_versions[name] = []
+        ctx = ReadContext(
+            full=full,
+            cursor=cursor,
+            known=known,
+            seen=confirm_seen,
+            versions=held_versions if versioned else None,
+            unhold=unheld.extend if versioned else None,
+        )
         pending: list[dict[str, Any]] = []
         for page in self.connector.read(name, ctx):
             if self._stop_requested():
@@ -262,6 +281,8 @@ class SyncEngine:
                     raise _StopRequestedError
         new_cursor = max_cursor if stream.cursor and max_cursor != cursor else None
         held += self._process(name, stream, pending, sr, run_id, seen, new_cursor, dry_conn)
+        if versioned:
+            self._hold_versions(name, unheld, dry_conn)
         if full:
             self._detect_gone(name, sr, run_id, seen, held, dry_conn, force_delete)
 
@@ -315,6 +336,7 @@ class SyncEngine:
             found = ledger.states(conn, self.st, self.name, name, list(dict.fromkeys(texts)))
             found_first = 0
             todo: list[Item] = []
+            kept: list[int] = []  # unchanged: their source versions are held all the same
             for i in first:
                 old = found.get(texts[i])
                 if old is None:
@@ -322,11 +344,12 @@ class SyncEngine:
                     continue
                 found_first += 1
                 if old[1] == "present" and old[0] == hashes[i]:
+                    kept.append(i)
                     continue  # unchanged: nothing is written (most records of a re-sync)
                 item = Item(keys[i], texts[i], valid[i][0], records[i], hashes[i])
                 item.old = ledger.LedgerEntry(old[0], old[1], None)
                 todo.append(item)
-            sr.unchanged += len(first) - len(todo)
+            sr.unchanged += len(kept)
             if again:
                 dupes = [Item(keys[i], texts[i], valid[i][0], records[i], hashes[i]) for i in again]
                 batch = {texts[i]: hashes[i] for i in first}
@@ -364,6 +387,10 @@ class SyncEngine:
                 quarantined.append((item.ktext, "row", str(exc), item.raw))
                 continue
             ready.append(item)
+        stored_versions = self._stored_versions.get(name)
+        if stored_versions is not None:
+            value = self.connector.cursor_value
+            stored_versions.extend((texts[i], value(name, valid[i][0])) for i in kept)
         if not ready and not quarantined and new_cursor is None:
             return found_first
         with self._batch_tx(dry_conn) as conn:
@@ -378,11 +405,35 @@ class SyncEngine:
                 ledger.release_quarantine(conn, self.st, self.name, name, released)
             if new_cursor is not None:
                 ledger.set_cursor(conn, self.st, self.name, name, new_cursor)
+        if stored_versions is not None:
+            stored_versions.extend(self._versions_of(name, landed))
         sr.quarantined += len(quarantined)
         if quarantined and self.on_quarantine is not None:
             self.on_quarantine(name, quarantined)
         # Records new to the ledger that landed got their entry in this batch's transaction.
         return found_first + sum(1 for i in landed if i.old is None)
+
+    def _versions_of(self, name: str, items: Sequence[Item]) -> list[tuple[str, str | None]]:
+        return [(item.ktext, self.connector.cursor_value(name, item.raw)) for item in items]
+
+    def _hold_versions(
+        self, name: str, unheld: Sequence[Key], dry_conn: sa.Connection | None
+    ) -> None:
+        """Hold the cursor value of every record this read stored, once the whole stream is read.
+
+        Only now: a connector may find, after its last record, that some it yielded changed
+        while it read them (``ReadContext.unhold``). A read that stops earlier holds nothing
+        new; the versions held before are then older than the stored copies, which only makes
+        the next read fetch those records again.
+        """
+        stored = dict(self._stored_versions.pop(name, []))  # a key stored twice: the last wins
+        dropped = {ledger.key_text(k) for k in unheld}
+        if not stored and not dropped:
+            return
+        pairs = [(k, v) for k, v in stored.items() if v is not None and k not in dropped]
+        with self._batch_tx(dry_conn) as conn:
+            versions.drop(conn, self.st, self.name, name, list(stored.keys() | dropped))
+            versions.hold(conn, self.st, self.name, name, pairs)
 
     def _duplicates(
         self,
@@ -475,6 +526,7 @@ class SyncEngine:
             for spec in reversed(load_order(self.db.spec(t) for t in targets)):
                 self.writer.delete_rows(conn, spec.qualname, targets[spec.qualname], sr, run_id)
             ledger.forget(conn, self.st, self.name, name, gone)
+            versions.drop(conn, self.st, self.name, name, gone)
         sr.deleted = len(gone)
 
 

@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from apscheduler.executors.debug import DebugExecutor
@@ -52,6 +52,7 @@ from limsync.sync.metrics import Metrics, MetricsServer, parse_address
 from limsync.sync.runner import open_database, prepare
 from limsync.sync.runner import sync as run_sync
 from limsync.sync.schedule import (
+    POPULATE,
     JobSpec,
     aware,
     build_trigger,
@@ -61,6 +62,9 @@ from limsync.sync.schedule import (
     populate_function,
     quarantine_sizes,
 )
+
+if TYPE_CHECKING:  # populate is imported only when a run needs it
+    from limsync.pipeline.populate.run import PopulateReport
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +107,9 @@ class Daemon:
         self.not_before: dict[str, float] = {}
         self._backoff_logged: dict[str, float] = {}
         self._quarantine: dict[str, int] = {}
+        # Failed keys of the populate that follows each connector's syncs, by connector: the
+        # sync succeeded, so it is alerted on its own streak, without backing the sync off.
+        self.populate_failures: dict[str, int] = {}
         self.scheduler: BlockingScheduler | None = None
         self._in_run = False
         self._hard_signal: int | None = None
@@ -362,19 +369,47 @@ class Daemon:
             result["outcome"] = "interrupted"
         else:
             result["outcome"] = "success" if report.ok else "failed"
+        if report.populate is not None:
+            self._after_sync_populate(spec, report.populate)
+
+    def _after_sync_populate(self, spec: JobSpec, populated: PopulateReport) -> None:
+        """Alert when the populate after a sync starts failing (keys whose ``make`` raised, the
+        lab's DataJoint errors) and when it recovers; the sync's own outcome is not changed."""
+        key = spec.connector
+        if not populated.ok:
+            n = self.populate_failures[key] = self.populate_failures.get(key, 0) + 1
+            if n == 1:
+                self.alerter.send(Alert("failure", POPULATE, f"{spec.entry.select} (after sync)",
+                                        populated.error() or "populate failed",
+                                        populated.run_id or None, n))  # fmt: skip
+        elif previous := self.populate_failures.pop(key, 0):
+            self.alerter.send(Alert("recovery", POPULATE, f"{spec.entry.select} (after sync)",
+                                    f"succeeded after {previous} failed run(s)",
+                                    populated.run_id or None, 0))  # fmt: skip
 
     def _run_populate(self, spec: JobSpec, result: dict[str, Any]) -> None:
         db = self.db
         assert db is not None
         try:
-            outcome = populate_function()(db, self.settings)
+            # Log lines of the run (a make's errors, say) name it, as a sync's name its connector.
+            with logcontext.bound(connector=spec.connector):
+                outcome = populate_function()(db, self.settings)
         except Exception as exc:
             if not isinstance(exc, LimsyncError):
                 log.exception("populate crashed")
             self._record_failure(spec, result, exc)
             return
         counts = outcome.to_dict() if hasattr(outcome, "to_dict") else outcome
-        result.update(outcome="success", counts=counts if isinstance(counts, dict) else {})
+        # Keys whose make failed are recorded per key and do not stop the run, but the run
+        # failed: it counts as such for backoff, alerts and metrics, as in the run log.
+        ok = bool(getattr(outcome, "ok", True))
+        error = getattr(outcome, "error", None)
+        result.update(
+            outcome="success" if ok else "failed",
+            run_id=getattr(outcome, "run_id", None) or None,
+            counts=counts if isinstance(counts, dict) else {},
+            error=None if ok else (error() if callable(error) else "populate failed"),
+        )
 
     def _record_failure(self, spec: JobSpec, result: dict[str, Any], exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"
@@ -431,9 +466,12 @@ class Daemon:
                 previous = self.failures.pop(key, 0)
                 self.not_before.pop(key, None)
                 c = result["counts"]
-                log.info("%s succeeded: %s new, %s changed, %s unchanged, %s quarantined",
-                         spec.entry.select, c.get("new", 0), c.get("changed", 0),
-                         c.get("unchanged", 0), c.get("quarantined", 0))  # fmt: skip
+                if spec.kind == "populate":
+                    log.info("populate succeeded: %s key(s) made", c.get("made", 0))
+                else:
+                    log.info("%s succeeded: %s new, %s changed, %s unchanged, %s quarantined",
+                             spec.entry.select, c.get("new", 0), c.get("changed", 0),
+                             c.get("unchanged", 0), c.get("quarantined", 0))  # fmt: skip
                 if previous:
                     self.alerter.send(Alert("recovery", key, spec.entry.select,
                                             f"succeeded after {previous} failed run(s)", run_id,

@@ -107,6 +107,8 @@ class FakeAlyx(FakeServer):
     ``max_limit``: pagination (Alyx: 250 and 1000). ``username``/``password``: the one account
     ``POST /auth-token`` accepts. ``base_path``: a prefix such as ``"/api"`` for every route.
     ``throttle_rate``: requests per minute per user before 429s (Alyx: 550), None for no limit.
+    ``max_request_line``: gunicorn's ``limit_request_line`` (default 4094): a longer request
+    line (``GET <target> HTTP/1.1``) gets gunicorn's 400 before Django sees it; None: no limit.
     """
 
     server_version = "gunicorn"
@@ -124,6 +126,7 @@ class FakeAlyx(FakeServer):
         password: str = DEFAULT_PASSWORD,
         base_path: str = "",
         throttle_rate: int | None = None,
+        max_request_line: int | None = 4094,
     ) -> None:
         super().__init__(base_path=base_path)
         self.colony = colony if colony is not None else Colony.generate(seed=seed)
@@ -132,6 +135,7 @@ class FakeAlyx(FakeServer):
         self.username = username
         self._password = password
         self.throttle_rate = throttle_rate
+        self.max_request_line = max_request_line
         self._tokens: dict[str, str] = {}  # token -> username
         self._auth_lock = threading.Lock()
         self._history: dict[str, deque[float]] = {}
@@ -213,6 +217,9 @@ class FakeAlyx(FakeServer):
         """Wrap a handler with token auth, the throttle and DRF-style error replies."""
 
         def guarded(request: Request, **params: str) -> Reply:
+            too_long = self._request_line_too_long(request)
+            if too_long is not None:
+                return too_long
             user = self._authenticate(request)
             if isinstance(user, Reply):
                 return user
@@ -225,6 +232,18 @@ class FakeAlyx(FakeServer):
                 return Reply(exc.status, {}, exc.body)
 
         return guarded
+
+    def _request_line_too_long(self, request: Request) -> Reply | None:
+        """gunicorn's 400 for a request line above ``limit_request_line`` (HTTP/1.1 assumed)."""
+        size = len(f"{request.method} {request.raw_target} HTTP/1.1")
+        if self.max_request_line is None or size <= self.max_request_line:
+            return None
+        message = f"Request Line is too large ({size} &gt; {self.max_request_line})"
+        body = (
+            "<html>\n  <head>\n    <title>Bad Request</title>\n  </head>\n  <body>\n"
+            f"    <h1><p>Bad Request</p></h1>\n    {message}\n  </body>\n</html>\n"
+        )
+        return Reply(400, {"Content-Type": "text/html"}, body)
 
     def _login(self, request: Request) -> Reply:
         """``POST /auth-token`` with form or JSON ``username`` and ``password``."""

@@ -2,10 +2,11 @@
 
 :class:`FakeServer` runs a stdlib ``ThreadingHTTPServer`` on ``127.0.0.1`` (ephemeral port) in a
 background thread and dispatches requests by method and path pattern to handler functions that
-return ``(status, headers, body)``. Every fake built on it (the fake Alyx, later a fake PyRAT)
-shares the same request counters, credential-free request log and :class:`Faults`, so tests can
-make any fake misbehave in the same way: error bursts, throttling, delays, truncated JSON and
-dropped connections.
+return ``(status, headers, body)``. Every fake built on it (the fake Alyx, the fake PyRAT, the
+toolkit's ``RecordServer``) shares the same request counters, credential-free request log and
+:class:`~limsync.testing.faults.Faults` (defined in :mod:`limsync.testing.faults`, importable
+from here too), so tests can make any fake misbehave in the same way: error bursts, throttling,
+delays, truncated JSON and dropped connections.
 """
 
 from __future__ import annotations
@@ -20,22 +21,19 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, NamedTuple, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
-__all__ = ["FakeServer", "Faults", "Reply", "Request", "RequestRecord"]
+from limsync.testing.faults import PAGING_PARAMS, Faults
+
+__all__ = ["PAGING_PARAMS", "FakeServer", "Faults", "Reply", "Request", "RequestRecord"]
 
 logger = logging.getLogger(__name__)
 
 JSON_TYPE = "application/json"
-
-#: Query parameters that usually page rather than filter (see ``Faults.repeat_first_page``).
-PAGING_PARAMS = frozenset(
-    {"limit", "offset", "l", "o", "page", "page_size", "per_page", "size", "cursor", "page_token"}
-)
 
 # Query parameter names whose values the request log masks (substring match, lower case).
 _SECRET_WORDS = ("password", "passwd", "secret", "token", "key", "auth", "session")
@@ -107,105 +105,6 @@ class RequestRecord:
     """The status sent, or None when the connection was dropped on purpose."""
     fault: str | None
     seconds: float
-
-
-@dataclass
-class Faults:
-    """Faults the server injects; change them at any time, from any thread.
-
-    Counters (``error_burst``, ``throttle``, ``malformed_json``, ``drop_connection``) apply to the
-    next N requests and count down. ``throttle_every`` answers every M-th request with 429 until
-    it is set back to 0. Use :meth:`set` to change several fields atomically.
-    """
-
-    error_burst: int = 0
-    """The next N requests are answered with ``error_status``."""
-    error_status: int = 503
-    throttle: int = 0
-    """The next N requests are answered 429 with ``Retry-After: <retry_after>``."""
-    throttle_every: int = 0
-    """When > 0, every M-th request (counted from when it was set) is answered 429."""
-    retry_after: int = 1
-    delay: float = 0.0
-    """Seconds added before every response."""
-    malformed_json: int = 0
-    """The next N successful JSON bodies are truncated to half their length."""
-    drop_connection: int = 0
-    """The next N requests get no response at all: the socket is closed."""
-    repeat_first_page: bool = False
-    """While on, the server ignores the paging parameters of GET requests: a request gets the
-    first successful reply sent to the same path with the same other query parameters."""
-    paging_params: frozenset[str] = PAGING_PARAMS
-    """The query parameters ``repeat_first_page`` ignores."""
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-    _seen: int = field(default=0, repr=False, compare=False)
-    _first_pages: dict[str, Reply] = field(default_factory=dict, repr=False, compare=False)
-
-    def set(self, **changes: Any) -> None:
-        """Change several fields at once, e.g. ``faults.set(error_burst=3, error_status=502)``."""
-        names = {f.name for f in fields(self) if not f.name.startswith("_")}
-        unknown = set(changes) - names
-        if unknown:
-            raise TypeError(f"unknown fault field(s): {', '.join(sorted(unknown))}")
-        with self._lock:
-            for name, value in changes.items():
-                setattr(self, name, value)
-            if "throttle_every" in changes:
-                self._seen = 0
-            if "repeat_first_page" in changes:
-                self._first_pages.clear()
-
-    def reset(self) -> None:
-        """Turn every fault off."""
-        self.set(**{f.name: f.default for f in fields(self) if not f.name.startswith("_")})
-
-    def _plan(self) -> _Plan:
-        """Decide, and consume, the faults for one incoming request."""
-        with self._lock:
-            if self.drop_connection > 0:
-                self.drop_connection -= 1
-                return _Plan(drop=True)
-            plan = _Plan(delay=self.delay)
-            if self.throttle_every > 0:
-                self._seen += 1
-            if self.error_burst > 0:
-                self.error_burst -= 1
-                plan.error_status = self.error_status
-            elif self.throttle > 0 or (
-                self.throttle_every > 0 and self._seen % self.throttle_every == 0
-            ):
-                if self.throttle > 0:
-                    self.throttle -= 1
-                plan.throttle_after = self.retry_after
-            return plan
-
-    def _repeat(self, request: Request, reply: Reply) -> Reply:
-        """The reply to send under ``repeat_first_page``: the path's first one, once it has one."""
-        with self._lock:
-            if not self.repeat_first_page or request.method != "GET" or reply.status != 200:
-                return reply
-            listing = sorted(
-                (name, value)
-                for name, values in request.query.items()
-                if name not in self.paging_params
-                for value in values
-            )
-            return self._first_pages.setdefault(f"{request.path}?{listing}", reply)
-
-    def _take_malformed(self) -> bool:
-        with self._lock:
-            if self.malformed_json > 0:
-                self.malformed_json -= 1
-                return True
-            return False
-
-
-@dataclass
-class _Plan:
-    drop: bool = False
-    delay: float = 0.0
-    error_status: int | None = None
-    throttle_after: int | None = None
 
 
 @dataclass(frozen=True)

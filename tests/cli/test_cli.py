@@ -16,6 +16,7 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
+from limsync.cli.common import counts_text
 from limsync.cli.main import cli
 from limsync.config.settings import load_settings
 from limsync.pipeline import state
@@ -102,6 +103,23 @@ def test_version() -> None:
     assert result.stdout.startswith("limsync, version ")
 
 
+@pytest.mark.parametrize(
+    ("counts", "text"),
+    [
+        ({"made": 3, "failed": 0, "tables": {}}, "made 3"),
+        ({"made": 3, "failed": 2, "tables": {}}, "made 3, 2 failed"),
+        ({"read": 480, "new": 0, "changed": 0, "unchanged": 480}, "read 480"),
+        (
+            {"read": 480, "new": 1, "changed": 8, "gone": 1, "deleted": 1, "quarantined": 0},
+            "read 480: 1 new, 8 changed, 1 gone, 1 deleted",
+        ),
+        ({}, ""),
+    ],
+)
+def test_counts_text_says_what_a_run_did(counts: dict[str, int], text: str) -> None:
+    assert counts_text(counts) == text
+
+
 # --- init -------------------------------------------------------------------------------------
 
 
@@ -173,6 +191,19 @@ def test_sync_reports_the_after_sync_populate(config: Path) -> None:
     assert text.exit_code == 0, text.output
     assert "0 recomputed after upstream changes, 0 made" in " ".join(text.stdout.split())
 
+    # status has a row for populate (its runs are logged under that name), runs says what it made
+    status = invoke("status", "--config", str(config), "--json")
+    assert status.exit_code == 0, status.output
+    rows = {r["connector"]: r for r in json.loads(status.stdout)}
+    assert set(rows) == {"alyx", "populate"}
+    last = rows["populate"]["last_run"]
+    assert last["kind"] == "populate" and last["counts"]["made"] == 0
+    assert rows["populate"]["stale_seconds"] is not None
+    runs = json.loads(
+        invoke("runs", "--config", str(config), "--json", "--kind", "populate").stdout
+    )
+    assert [counts_text(r["counts"]) for r in runs] == ["made 0", "made 14"]
+
 
 def test_runs_status_and_state(synced: Path) -> None:
     cfg = str(synced)
@@ -235,6 +266,12 @@ def test_demo_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     result = invoke("demo", "--db", str(target), "--subjects", "12", "--seed", "3")
     assert result.exit_code == 0, result.output
     assert "renamed_mouse" in result.stdout
+    # The weight summary is recomputed for exactly the three subjects whose rows changed.
+    text = " ".join(result.stdout.split())  # rich wraps long lines
+    assert "3 summaries made, 3 of them recomputed" in text
+    for why in ("weighing added", "weighing deleted", "subject renamed"):
+        assert text.count(f"({why})") == 1, text
+    assert "unexpected!" not in text and "differ from the changed ones" not in text
     assert target.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.db"]
 

@@ -45,6 +45,20 @@ def test_mermaid_of_the_configured_pipeline(tmp_path: Path) -> None:
     assert "s3cret-pw" not in result.output
 
 
+def test_the_configured_computed_tables_are_drawn(tmp_path: Path) -> None:
+    path = config(tmp_path)
+    with path.open("a", encoding="utf-8") as f:
+        f.write('\n[populate]\ntables = ["limsync.sync.maps.alyx_derived.WeightSummary"]\n')
+    result = invoke("diagram", "--config", str(path))
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert '["WeightSummary"]:::computed' in text
+    assert '["WeightSummary.Input"]:::part' in text
+    ids = {label: line.split("[", 1)[0].strip() for line in text.splitlines()
+           for label in ("Subject", "WeightSummary") if f'["{label}"]' in line}  # fmt: skip
+    assert f"{ids['Subject']} ==> {ids['WeightSummary']}" in text  # its key comes from Subject
+
+
 def test_dot_to_a_file(tmp_path: Path) -> None:
     out = tmp_path / "pipeline.dot"
     result = invoke("diagram", "--config", str(config(tmp_path)), "--format", "dot", "-o", str(out))

@@ -139,6 +139,32 @@ def test_a_bad_top_level_value_names_the_file_and_the_variable(tmp_path: Path) -
     assert "batch_size" in message and "LIMSYNC_BATCH_SIZE" in message
 
 
+def test_a_bad_connector_value_names_the_file_table_and_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, BASE + "page_size = 5000\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    message = str(info.value)
+    assert message.startswith("connector 'alyx' settings: page_size: "), message
+    assert f"{path} [connectors.alyx]" in message
+    assert "LIMSYNC_CONNECTORS__ALYX__PAGE_SIZE" in message
+
+    # The same hint when the bad value comes from the environment, never echoing it.
+    monkeypatch.setenv("LIMSYNC_CONNECTORS__ALYX__PAGE_SIZE", SECRET)
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, BASE))
+    assert "LIMSYNC_CONNECTORS__ALYX__PAGE_SIZE" in str(info.value)
+    assert SECRET not in str(info.value)
+
+
+def test_a_connector_wide_problem_names_the_table(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE.replace('password = "file-password"\n', ""))
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert f"(in {path} [connectors.alyx])" in str(info.value)
+
+
 def test_a_bad_environment_value_never_echoes_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -31,6 +31,7 @@ AUTHOR_API = [
     "Streams",
     "TableOverride",
     "TokenAuth",
+    "field_at",
     "nothing_known",
     "raise_for_response",
     "redact_url",

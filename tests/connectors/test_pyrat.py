@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +14,7 @@ from limsync.connectors.pyrat.children import fingerprint
 from limsync.connectors.pyrat.query import eartag_batches
 from limsync.errors import AuthenticationError, ConfigError
 from limsync.testing.fake_pyrat import FakePyrat
+from limsync.testing.fakeserver import Reply, Request
 from limsync.testing.pyrat.colony import PyratColony
 
 
@@ -180,3 +182,39 @@ def test_confirm_gone_rescans_animals(pyrat: FakePyrat) -> None:
     conn = connector(pyrat.url)
     present = pyrat.colony.animals[0]["animalid"]
     assert conn.confirm_gone("animals", [(present,), (999_999_999,)]) == {(999_999_999,)}
+
+
+class CountingPyrat(FakePyrat):
+    """A fake PyRAT that counts per-animal requests in flight.
+
+    Each one waits (up to 2 s) until ``workers`` are in flight, so a client that runs that many
+    at once reaches the count whatever the machine's speed, then gives a client that runs more
+    a moment (0.3 s) to send one more: the highest count is the client's concurrency.
+    """
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(PyratColony.generate(seed=5, n_animals=12))
+        self.workers = workers
+        self.now = self.most = 0
+        self.cond = threading.Condition()
+
+    def _items(self, kind: str, request: Request, eartag: str) -> Reply:
+        with self.cond:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.cond.notify_all()
+            self.cond.wait_for(lambda: self.now >= self.workers, timeout=2)
+            self.cond.wait_for(lambda: self.now > self.workers, timeout=0.3)
+        try:
+            return super()._items(kind, request, eartag)
+        finally:
+            with self.cond:
+                self.now -= 1
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_per_animal_requests_run_with_bounded_concurrency(workers: int) -> None:
+    with CountingPyrat(workers) as server:
+        bundles = read_all(connector(server.url, detail_workers=workers), "weights")
+    assert len(bundles) > workers
+    assert server.most == workers  # as many at once as allowed, never more

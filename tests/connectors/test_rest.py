@@ -115,7 +115,8 @@ def test_valid_settings_define_streams() -> None:
             {"pagination": {"page_size": 500, "max_page_size": 100}},
             "page_size 500 is above max_page_size",
         ),
-        ({"records": "data.items"}, "records 'data.items' must be a top-level field name"),
+        ({"records": "data..items"}, "records 'data..items' has an empty part"),
+        ({"records": "data.{x}"}, "records 'data.{x}' must be field names joined by dots (no { })"),
         ({"pagee_size": 3}, "pagee_size: Extra inputs are not permitted"),
     ],
 )
@@ -400,6 +401,40 @@ def test_pagination_styles(
             got = read(connector, "samples")
         assert [r["id"] for r in got] == list(range(1, 8))
         assert server.requests_by_path["/samples"] == requests
+
+
+@pytest.mark.parametrize(
+    ("paging", "pagination"),
+    [
+        (OffsetPaging(), {"style": "limit_offset", "count_field": "meta.total"}),
+        (NextLinkPaging(size_param="size"),
+         {"style": "next_link", "size_param": "size", "next_field": "links.next",
+          "count_field": "meta.total"}),
+    ],
+)  # fmt: skip
+def test_records_count_and_next_link_may_be_nested(
+    paging: OffsetPaging | NextLinkPaging, pagination: dict[str, Any]
+) -> None:
+    """``records = "data.items"``: an API that nests its envelope needs no code."""
+
+    def nested(request: Request) -> Reply:
+        flat = paging.reply(request, SAMPLES).body
+        body = {"data": {"items": flat["results"]}, "meta": {"total": flat["count"]},
+                "links": {"next": flat["next"]}}  # fmt: skip
+        return Reply(200, {}, body)
+
+    with RecordServer() as server:
+        server.route("GET", "/samples", nested)
+        data = settings(server.url, pagination={**pagination, "page_size": 3},
+                        records="data.items")  # fmt: skip
+        with make(data) as connector:
+            assert [r["id"] for r in read(connector, "samples")] == list(range(1, 8))
+        assert server.requests_by_path["/samples"] == 3  # 3 + 3 + 1: the count ends it
+        with (
+            make({**data, "records": "data.rows"}) as connector,
+            pytest.raises(PaginationError, match=r"expected a 'data\.rows' list in the response"),
+        ):
+            read(connector, "samples")
 
 
 def test_bare_array_with_limit_offset_stops_on_a_short_page() -> None:

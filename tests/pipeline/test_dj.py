@@ -23,8 +23,9 @@ from pydantic import BaseModel, Field
 
 from limsync.connectors.base import Stream, Streams
 from limsync.errors import ConfigError
-from limsync.pipeline import Database, Key, Lookup, Manual, Ref, Schema
+from limsync.pipeline import Database, Key, Lookup, Manual, Ref, Schema, state
 from limsync.pipeline.dj import DataJointSettings, refresh_datajoint
+from limsync.pipeline.populate import after_sync
 from limsync.pipeline.state import state_tables
 from limsync.sync.engine import SyncEngine
 from limsync.sync.mapping import Mapper, StreamMap, key_from_json
@@ -332,6 +333,38 @@ def test_jobs_action_and_keep_policy(db: Database, lab: str) -> None:
     report = refresh_datajoint(db, keep, syncer.sync(records))
     assert report.tables[f"{name}.SessionValue"].deleted == 0
     assert calls(name) == [] and values(name)[("m2", 1)] == 60.0
+
+
+def test_after_sync_hands_the_outbox_to_datajoint_and_reports_its_errors(
+    db: Database, lab: str
+) -> None:
+    """The path a sync takes: the engine's outbox, consumed by populate's after_sync."""
+    name = lab
+    settings = DataJointSettings(tables=[f"{name}.SessionValue"])
+    syncer = Syncer(db)
+    records = data()
+    syncer.sync(records)
+    first = after_sync(db, [], datajoint=settings)
+    assert first.ok, first.datajoint_errors()
+    assert [c[:3] for c in calls(name)] == [("value", "m1", 1), ("value", "m1", 2),
+                                            ("value", "m2", 1)]  # fmt: skip
+
+    records["sessions"][0]["value"] = -1.0  # its make raises
+    records["sessions"][2]["value"] = 9.0
+    syncer.sync(records)
+    report = after_sync(db, [], datajoint=settings)
+    assert calls(name) == [("value", "m2", 1, 9.0)]  # exactly the changed keys
+    assert not report.ok
+    error = (f"{name}.SessionValue", {"mouse": "m1", "session_id": 1},
+             "ValueError: negative value -1.0")  # fmt: skip
+    assert report.datajoint_errors() == [error]
+    (dj_table,) = report.to_dict()["outbox"]["datajoint"][0]["tables"]
+    assert (dj_table["deleted"], dj_table["populated"], dj_table["error_count"]) == (2, 1, 1)
+    (run,) = state.runs(db, connector="populate", limit=1)
+    assert run["status"] == "failed" and "negative value -1.0" in run["error"]
+    # Delivered once: the outbox is consumed.
+    again = after_sync(db, [], datajoint=settings)
+    assert again.outbox is not None and again.outbox.processed == 0 and calls(name) == []
 
 
 # --- configuration errors (every backend, no DataJoint server needed for most)

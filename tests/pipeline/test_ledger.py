@@ -9,6 +9,7 @@ import json
 import uuid
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
@@ -98,3 +99,58 @@ def test_states_and_count(db: Database) -> None:
     assert len(found) == 2500
     assert found[keys[0]] == (f"{0:032x}", "gone")
     assert found[keys[2499]] == (f"{2499:032x}", "present")
+
+
+# Every character a SQL literal must escape (quotes, backslashes, NUL, Ctrl-Z, line ends), a
+# driver's parameter marker and text beyond ASCII.
+AWKWARD = ["o'b\"r\\i\0e\032n\r\n", "100% %s %%", "é 中 \u2028", "'", "\\", ""]
+
+
+def awkward(backend: str) -> list[str]:
+    """AWKWARD as the backend can store it: PostgreSQL text holds no NUL."""
+    return [k.replace("\0", "") for k in AWKWARD] if backend == "postgres" else AWKWARD
+
+
+def _entries_and_outbox(
+    db: Database, keys: list[str]
+) -> tuple[dict[str, ledger.LedgerEntry], list[Any]]:
+    st = state.ensure(db)
+    with db.transaction() as conn:
+        ledger.record(
+            conn, st, "c", "s", [(k, f"{i:032x}", [(k, (k, i))]) for i, k in enumerate(keys)],
+            7, set(),
+        )  # fmt: skip
+        ledger.emit(conn, st, "t.x", [(k,) for k in keys], "insert", 7)
+    with db.engine.connect() as conn:
+        entries = ledger.lookup(conn, st, "c", "s", keys)
+        rows = conn.execute(sa.select(st.outbox.c.row_key).order_by(st.outbox.c.id)).all()
+    return entries, [r[0] for r in rows]
+
+
+def test_ledger_and_outbox_keep_every_character(db: Database, backend: str) -> None:
+    """Entries and outbox rows come back exactly as written, whatever their text holds."""
+    keys = awkward(backend)
+    entries, outbox = _entries_and_outbox(db, keys)
+    assert sorted(entries) == sorted(keys)
+    for i, k in enumerate(keys):
+        assert entries[k].content_hash == f"{i:032x}"
+        assert entries[k].targets == [(k, [k, i])]
+    assert outbox == [key_text((k,)) for k in keys]
+
+
+def test_ledger_without_backslash_escapes(db: Database, backend: str) -> None:
+    """A MySQL server in NO_BACKSLASH_ESCAPES mode reads backslashes literally: the ledger's
+    own escaping must not apply there (the driver's quoting does)."""
+    if backend != "mysql":
+        pytest.skip("a MySQL sql_mode")
+
+    @sa.event.listens_for(db.engine, "connect")
+    def no_backslash_escapes(dbapi_conn: Any, _: Any) -> None:
+        with dbapi_conn.cursor() as cur:
+            cur.execute("SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')")
+
+    db.engine.dispose()  # new connections get the mode
+    entries, outbox = _entries_and_outbox(db, AWKWARD)
+    expected = {k: [(k, [k, i])] for i, k in enumerate(AWKWARD)}
+    assert {k: e.targets for k, e in entries.items()} == expected
+    assert outbox == [key_text((k,)) for k in AWKWARD]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,7 +23,18 @@ from populate_tables import (
 )
 
 from limsync.errors import DeclarationError, PopulateError
-from limsync.pipeline import Computed, Database, Key, Manual, Ref, Schema, ledger, state, upsert
+from limsync.pipeline import (
+    Computed,
+    Database,
+    Key,
+    Manual,
+    Part,
+    Ref,
+    Schema,
+    ledger,
+    state,
+    upsert,
+)
 from limsync.pipeline.populate import after_sync, backlog, errors, populate, process_outbox
 from limsync.pipeline.populate import jobs as jobs_mod
 from limsync.pipeline.tables import MakeResult
@@ -162,6 +174,41 @@ def test_make_returning_a_row_of_another_key_is_an_error(db: Database) -> None:
     assert "returned a popbad.__wrong row for up_id=2" in errors(db)[0]["error_message"]
 
 
+def test_make_may_insert_its_rows_instead_of_returning_them(db: Database) -> None:
+    s = Schema("popins")
+
+    class Up(Manual):
+        __schema__ = s
+        up_id: Annotated[int, Key]
+
+    class Inserted(Computed):
+        __schema__ = s
+        __references__ = (Ref(Up, key=True),)
+        x: int
+
+        class Item(Part):
+            item: Annotated[int, Key]
+
+        def make(self, key: dict[str, Any]) -> MakeResult:
+            self.insert1({"x": key["up_id"] * 10})  # DataJoint's habit
+            self.insert([(Inserted.Item, {"item": i}) for i in range(key["up_id"])])
+            if key["up_id"] == 3:
+                raise ValueError("after inserting")  # nothing of this key may land
+            return None
+
+    db.declare(s)
+    with db.transaction() as conn:
+        upsert(db, conn, Up, [{"up_id": i} for i in (1, 2, 3)])
+    report = populate(db, [Inserted])
+    assert (report.tables[0].made, report.tables[0].failed) == (2, 1)
+    assert db.fetch(Inserted) == [{"up_id": 1, "x": 10}, {"up_id": 2, "x": 20}]
+    assert sorted((r["up_id"], r["item"]) for r in db.fetch(Inserted.Item)) == [
+        (1, 0), (2, 0), (2, 1)
+    ]  # fmt: skip
+    with pytest.raises(PopulateError, match="insert1 works only inside make"):
+        Inserted().insert1({"up_id": 9, "x": 1})
+
+
 # --- change-driven recompute
 
 
@@ -189,6 +236,49 @@ def test_an_updated_upstream_row_recomputes_its_derived_rows_and_only_them(
     # Delivered once: a second pass has nothing to do.
     assert after_sync(db, [SessionStat, StatSum]).outbox.processed == 0  # type: ignore[union-attr]
     assert made(make_log) == Counter()
+
+
+def test_recompute_reads_only_the_affected_keys_never_a_whole_table(
+    pipeline: Database, make_log: Path
+) -> None:
+    """Every statement that reads, deletes or updates a pipeline table during after_sync is
+    restricted by bound key values: no key-source scan, no NOT EXISTS over a whole table."""
+    db = pipeline
+    tables = [SessionStat, StatSum, SubjectWeightLogged]
+    populate(db, tables)
+    made(make_log)
+    sync_change(db, Session, [{"subject_id": 1, "session_no": 1, "value": 100.0}], "update")
+    sync_change(db, Session, [{"subject_id": 2, "session_no": 7, "value": 1.0}], "insert")
+    sync_change(db, Weighing, [{"weighing_id": 0, "subject_id": 0, "weight": 26.0}], "update")
+    sync_change(db, Weighing, [{"weighing_id": 21, "subject_id": 2, "weight": 21.0}], "delete")
+    statements: list[str] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    sa.event.listen(db.engine, "before_cursor_execute", capture)
+    try:
+        report = after_sync(db, tables)
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", capture)
+    assert report.ok
+    assert made(make_log) == Counter({"SessionStat 1,1": 1, "StatSum 1,1": 1,
+                                      "SessionStat 2,7": 1, "StatSum 2,7": 1,
+                                      "SubjectWeightLogged 0": 1,
+                                      "SubjectWeightLogged 2": 1})  # fmt: skip
+    specs = [t.spec for t in (Subject, Session, Weighing, *tables, SessionStat.Channel,
+                              SubjectWeightLogged.Input)]  # fmt: skip
+    names = {db.qualified(s) for s in specs}
+    verbs = ("SELECT", "DELETE", "UPDATE", "WITH")
+    reads = [s for s in statements if s.upper().startswith(verbs) and any(n in s for n in names)]
+    # The check is not vacuous: the key source, the derived tables and the deletes are there.
+    for spec in (Session.spec, SessionStat.spec, StatSum.spec, SubjectWeightLogged.Input.spec):
+        assert any(db.qualified(spec) in s for s in reads), spec.qualname
+    assert any(s.upper().startswith("DELETE") for s in reads)
+    for s in reads:
+        assert "NOT EXISTS" not in s.upper(), s
+        assert " WHERE " in s.upper() or " JOIN " in s.upper(), s
+        assert re.search(r"\?|%[sb(]", s), s  # bound values (qmark, format, binary, named)
 
 
 def test_new_upstream_keys_are_populated_and_parent_updates_reach_children(
@@ -336,15 +426,16 @@ def test_populate_without_make_says_so(db: Database) -> None:
 
 def test_upgrade_from_version_1_adds_the_job_table(db: Database) -> None:
     st = state.state_tables(db)
-    assert state.upgrade(db) == (0, 2)
+    latest = state.SCHEMA_VERSION  # 2 when the job table came; later versions add more
+    assert state.upgrade(db) == (0, latest)
     with db.transaction() as conn:
         st.job.drop(conn)
         conn.execute(st.version.update().values(version=1))
     assert state.current_version(db) == 1
-    assert state.upgrade(db) == (1, 2)
+    assert state.upgrade(db) == (1, latest)
     with db.engine.connect() as conn:
         assert sa.inspect(conn).has_table(st.job.name, schema=st.schema)
-    assert state.upgrade(db) == (2, 2)
+    assert state.upgrade(db) == (latest, latest)
 
 
 def test_key_source_override_and_typed_keys(db: Database, make_log: Path) -> None:

@@ -26,6 +26,7 @@ HERE = Path(__file__).parent
 
 
 N = 300  # keys: enough for several chunks per worker
+MANY = 2_000  # keys of the four-worker test (the figure)
 
 
 @pytest.fixture
@@ -45,13 +46,15 @@ def test_four_workers_make_every_key_exactly_once(
     log = tmp_path / "makes.log"
     # Set after an earlier test may have started the fork server: workers must still see it.
     monkeypatch.setenv("LIMSYNC_TEST_MAKE_LOG", str(log))
+    with items.transaction() as conn:
+        upsert(items, conn, Item, [{"item_id": i} for i in range(N, MANY)])
     seen: list[int] = []
     report = populate(items, [ItemDone], workers=4, progress=lambda _t, m, _f, _n: seen.append(m))
-    assert report.ok and report.tables[0].made == N and report.tables[0].processes == 4
+    assert report.ok and report.tables[0].made == MANY and report.tables[0].processes == 4
     calls = Counter(log.read_text().splitlines())
-    assert len(calls) == N and set(calls.values()) == {1}
-    assert items.count(ItemDone) == N and items.count(ItemDone.Copy) == N
-    assert sum(seen) == N
+    assert set(calls) == {f"ItemDone {i}" for i in range(MANY)} and set(calls.values()) == {1}
+    assert items.count(ItemDone) == MANY and items.count(ItemDone.Copy) == MANY
+    assert sum(seen) == MANY
     assert backlog(items)["tables"] == {}
 
 

@@ -254,6 +254,9 @@ def test_daemon_runs_fails_backs_off_recovers_and_reports(
                     lambda: get(f"http://127.0.0.1:{port}/healthz")[0] == 200,
                     proc=d,
                 )
+                # A record the source model refuses lands in the quarantine: an alert says so.
+                alyx.colony.add_subject(nickname="odd_sex_mouse", sex="X")
+                wait_for("quarantine alert", lambda: "quarantine" in receiver.events(), proc=d)
                 metrics, runs = consistent_snapshot(port, db, d)
             finally:
                 db.dispose()
@@ -277,6 +280,9 @@ def test_daemon_runs_fails_backs_off_recovers_and_reports(
     assert receiver.events().count("recovery") == 1
     first = next(a for a in receiver.received if a["event"] == "failure")
     assert first["connector"] == "alyx" and "503" in first["message"]
+    assert receiver.events().count("quarantine") == 1  # once: the same record stays there
+    quarantine = next(a for a in receiver.received if a["event"] == "quarantine")
+    assert quarantine["quarantined"] == 1 and quarantine["connector"] == "alyx"
     assert "s3cr3t-path-token" not in "\n".join(d.raw)
     # Every line carries the run context fields.
     assert all({"run_id", "connector", "stream"} <= set(m) for m in d.lines)
@@ -289,7 +295,8 @@ def test_daemon_runs_fails_backs_off_recovers_and_reports(
     for outcome in ("success", "failed"):
         n = sum(1 for r in runs if r["status"] == outcome)
         assert sample("limsync_runs_total", connector="alyx", kind="sync", outcome=outcome) == n
-    for outcome, key in (("inserted", "new"), ("updated", "changed"), ("unchanged", "unchanged")):
+    for outcome, key in (("inserted", "new"), ("updated", "changed"), ("unchanged", "unchanged"),
+                         ("quarantined", "quarantined")):  # fmt: skip
         n = sum(int(r["counts"].get(key, 0)) for r in runs)
         assert sample("limsync_records_total", connector="alyx", outcome=outcome) == n
     assert sample("limsync_records_total", connector="alyx", outcome="inserted") > 0
@@ -298,7 +305,8 @@ def test_daemon_runs_fails_backs_off_recovers_and_reports(
     assert abs(stamp - last_ok.replace(tzinfo=__import__("datetime").UTC).timestamp()) < 5
     assert sample("limsync_consecutive_failures", connector="alyx") == 0
     assert sample("limsync_healthy") == 1
-    assert ("limsync_quarantine_size", (("connector", "alyx"),)) in metrics
+    assert sample("limsync_quarantine_size", connector="alyx") == 1
+    assert sample("limsync_records_total", connector="alyx", outcome="quarantined") > 0
     assert ("limsync_populate_backlog", (("table", "outbox"),)) in metrics
 
 
@@ -348,12 +356,15 @@ def subjects(db: Database) -> int:
         return 0
 
 
-def slow_daemon(tmp_path: Path, db_url: str, prefix: str, alyx: FakeAlyx) -> DaemonProcess:
+def slow_daemon(
+    tmp_path: Path, db_url: str, prefix: str, alyx: FakeAlyx, **daemon: Any
+) -> DaemonProcess:
     """A daemon whose first run takes a couple of seconds (small pages, a slow server)."""
     alyx.faults.set(delay=0.02)
     config = write_config(
         tmp_path / "limsync.toml", db_url, prefix, alyx.url, page_size=5,
-        schedule=[{"select": "alyx", "interval": "1s"}], daemon={"metrics_address": ""},
+        schedule=[{"select": "alyx", "interval": "1s"}],
+        daemon={"metrics_address": "", **daemon},
     )  # fmt: skip
     return DaemonProcess(config)
 
@@ -376,6 +387,28 @@ def test_sigterm_during_a_run_commits_the_batch_and_exits_0(
     assert runs and runs[-1]["status"] == "interrupted", runs
     assert not [r for r in runs if r["status"] in ("running", "failed")]
     assert_no_partial_batch(db)
+
+
+def test_sigint_stops_as_gracefully_as_sigterm(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    """Ctrl-C on a daemon in a terminal: the batch commits, the run is interrupted, exit 0."""
+    db_url = f"sqlite:///{tmp_path / 'int.db'}"
+    db = Database(db_url)
+    try:
+        with FakeAlyx(small_colony()) as alyx:
+            d = slow_daemon(tmp_path, db_url, "", alyx)
+            daemons.append(d)
+            wait_for("a run with a few batches written",
+                     lambda: alyx.requests > 12 and subjects(db) > 0, proc=d)  # fmt: skip
+            code = d.stop(signal.SIGINT, timeout=30)
+        assert code == 0, d.log_text()
+        assert d.messages("signal 2: finishing the current batch")
+        runs = alyx_runs(db)
+        assert runs and runs[-1]["status"] == "interrupted", runs
+        assert_no_partial_batch(db)
+    finally:
+        db.dispose()
 
 
 def test_a_second_signal_stops_at_once_without_a_partial_batch(
@@ -407,19 +440,42 @@ def test_a_second_signal_stops_at_once_without_a_partial_batch(
         db.dispose()
 
 
+def test_a_stop_that_takes_longer_than_stop_timeout_becomes_immediate(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    """One signal, and a batch that cannot finish in time: the daemon still exits, boundedly."""
+    db_url = f"sqlite:///{tmp_path / 'timeout.db'}"
+    db = Database(db_url)
+    try:
+        with FakeAlyx(small_colony()) as alyx:
+            d = slow_daemon(tmp_path, db_url, "", alyx, stop_timeout="1s")
+            daemons.append(d)
+            wait_for("a run with a few batches written",
+                     lambda: alyx.requests > 12 and subjects(db) > 0, proc=d)  # fmt: skip
+            alyx.faults.set(delay=3.0)  # each request now outlasts stop_timeout
+            seen = alyx.requests
+            wait_for("a slow request", lambda: alyx.requests > seen, proc=d)
+            code = d.stop(signal.SIGTERM, timeout=30)  # one signal only
+        assert code == 128 + signal.SIGTERM, d.log_text()
+        assert d.messages("after stop_timeout: stopping at once")
+        runs = alyx_runs(db)
+        assert runs and runs[-1]["status"] == "interrupted", runs
+        assert_no_partial_batch(db)
+    finally:
+        db.dispose()
+
+
 # --- two daemons on one database never sync a connector at the same time -------------------
+# On every backend: MariaDB's GET_LOCK, PostgreSQL's advisory lock, SQLite's lock row.
 
 
 def test_two_daemons_never_overlap(
     tmp_path: Path,
-    backend: str,
     db: Database,
     db_url: str,
     schema_prefix: str,
     daemons: list[DaemonProcess],
 ) -> None:
-    if backend == "sqlite":
-        pytest.skip("two daemons on one server database (MariaDB, PostgreSQL)")
     with FakeAlyx(small_colony()) as alyx:
         alyx.faults.set(delay=0.01)  # a run takes longer than the 1 s interval: they contend
         for i in range(2):

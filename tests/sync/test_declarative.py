@@ -103,6 +103,30 @@ def test_a_missing_field_fails_unless_optional() -> None:
     assert value({"from": "Nope", "optional": True, "default": 1}, {}) == 1
 
 
+def test_cleaning_of_fields_and_template_parts() -> None:
+    """Trimming, nulls (the column's own replace the table's) and non-text values, for a plain
+    field and the fields of a template."""
+    na = frozenset({"NA"})
+    assert value({"from": "a"}, {"a": " x "}) == "x"
+    assert value({"from": "a", "trim": False}, {"a": " x "}) == " x "
+    assert value({"from": "a", "trim": False}, {"a": " "}) == " "
+    assert value({"from": "a"}, {"a": " NA "}, na) is None
+    assert value({"from": "a", "nulls": ["-"]}, {"a": "NA"}, na) == "NA"
+    assert value({"from": "a", "nulls": ["-"], "default": 0}, {"a": "-"}, na) == 0
+    assert value({"from": "a", "default": 0}, {"a": None}) == 0
+    assert value({"from": "a", "parse": "int"}, {"a": 7}) == 7  # not text: not cleaned
+    assert value({"from": "a", "optional": True}, {}) is None
+    template = {"template": "{a}/{b}"}
+    assert value(template, {"a": " 1 ", "b": 2}) == "1/2"
+    assert value({**template, "trim": False}, {"a": " 1 ", "b": 2}) == " 1 /2"
+    assert value(template, {"a": "NA", "b": 2}, na) is None
+    assert value(template, {"a": None, "b": 2}) is None
+    assert value({**template, "default": "?"}, {"a": "1", "b": ""}) == "?"
+    assert value({**template, "optional": True}, {"a": "1"}) is None
+    with pytest.raises(MappingError, match=r"no field 'b' \(template '\{a\}/\{b\}'\)"):
+        value(template, {"a": "1"})
+
+
 # --- configuration errors, with their places
 
 

@@ -38,7 +38,11 @@ EXPECTED_REJECTS = {
     ("subjects", "subjects.csv:8"): ("map", "column sex: 'x' is not in its map"),
     ("subjects", "subjects.csv:11"): ("validate", "first at subjects.csv:2"),
     ("subjects", "subjects.csv:13"): ("validate", "key column is empty"),
-    ("weighings", "weighings.csv:4"): ("reference", "colony.subject"),
+    ("weighings", "weighings.csv:4"): (
+        "reference",
+        "key subject='A9', weighed_at='2020-03-01 09:30:00' column subject: references "
+        "colony.subject (subject='A9'), which does not exist",
+    ),
     ("weighings", "weighings.csv:5"): ("map", "column weight: 'abc' is not a number"),
     ("weighings", "weighings.csv:6"): ("reference", "colony.subject"),
 }

@@ -8,13 +8,17 @@ wrong tokens, and a token revoked in the middle of a run.
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from limsync.config.settings import Settings
+from limsync.config.settings import Settings, load_settings
 from limsync.connectors import registry
+from limsync.errors import AuthenticationError
 from limsync.pipeline.database import Database
 from limsync.sync.maps import pyrat as pm
 from limsync.sync.report import SyncReport
@@ -80,6 +84,18 @@ def test_first_sync_then_unchanged(db: Database, db_url: str, pyrat: FakePyrat) 
     assert db.count(pm.Subject) == len(colony.animals)
     assert db.count(pm.Line) == len(colony.strains)
     assert db.count(pm.Pup) == len(colony.pups)
+    assert db.count(pm.User) == len(colony.users)
+    assert db.count(pm.Project) == len(colony.projects)
+    protocols = {r["protocol_id"]: r["protocol"] for r in db.fetch(pm.Protocol)}
+    assert protocols == {x["license_id"]: x["license_number"] for x in colony.licenses}
+    alleles = {m["mutation_id"] for a in colony.animals for m in a["mutations"]}
+    assert {r["allele_id"] for r in db.fetch(pm.Allele)} == alleles
+    genotypes = {(a["animalid"], m["mutation_id"]) for a in colony.animals for m in a["mutations"]}
+    # Both spellings: licence_* on animals, license_* on procedures.
+    titles = {r["licence_title"] for r in db.fetch(pm.Subject)}
+    assert titles == {"Zucht", None}
+    assert {r["license_number"] for r in db.fetch(pm.SubjectProcedure)} == {"02_Zucht"}
+    assert {(r["animal_id"], r["allele_id"]) for r in db.fetch(pm.SubjectGenotype)} == genotypes
     reachable = addressable(colony)
     ids = [a["animalid"] for a in reachable]
     assert db.count(pm.SubjectWeight) == len(colony.items("weights", ids))
@@ -192,3 +208,68 @@ def test_token_revoked_mid_run_stops_cleanly(db: Database, db_url: str, pyrat: F
     report = run(settings, db)
     assert report.ok, report.first_error()
     assert db.count(pm.Subject) == len(pyrat.colony.animals)
+
+
+def env_config(tmp_path: Path, db: Database, db_url: str, url: str) -> Path:
+    """A limsync.toml without tokens: they come from LIMSYNC_* environment variables."""
+    path = tmp_path / "limsync.toml"
+    path.write_text(
+        f"database_url = {json.dumps(db_url)}\nschema_prefix = {json.dumps(db.schema_prefix)}\n"
+        f'[connectors.pyrat]\ntype = "pyrat"\nbase_url = {json.dumps(url)}\npage_size = 10\n'
+    )
+    return path
+
+
+def test_tokens_from_the_environment_are_never_logged(
+    tmp_path: Path,
+    db: Database,
+    db_url: str,
+    pyrat: FakePyrat,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("LIMSYNC_CONNECTORS__PYRAT__CLIENT_TOKEN", FakePyrat.CLIENT_TOKEN)
+    monkeypatch.setenv("LIMSYNC_CONNECTORS__PYRAT__USER_TOKEN", FakePyrat.USER_TOKEN)
+    settings = load_settings(env_config(tmp_path, db, db_url, pyrat.url))
+    report = run(settings, db)
+    assert report.ok, report.first_error()
+    assert db.count(pm.Subject) == len(pyrat.colony.animals)
+    secrets = (FakePyrat.CLIENT_TOKEN, FakePyrat.USER_TOKEN)
+    assert caplog.records and not any(s in caplog.text for s in secrets)
+    assert not any(s in json.dumps(report.to_dict()) for s in secrets)
+
+
+@pytest.mark.parametrize("bad", ["client", "user"])
+def test_a_sync_with_a_wrong_token_names_it_and_writes_nothing(
+    tmp_path: Path,
+    db: Database,
+    db_url: str,
+    pyrat: FakePyrat,
+    monkeypatch: pytest.MonkeyPatch,
+    bad: str,
+) -> None:
+    tokens = {"client": FakePyrat.CLIENT_TOKEN, "user": FakePyrat.USER_TOKEN, bad: "0-wrong"}
+    for label, token in tokens.items():
+        monkeypatch.setenv(f"LIMSYNC_CONNECTORS__PYRAT__{label.upper()}_TOKEN", token)
+    settings = load_settings(env_config(tmp_path, db, db_url, pyrat.url))
+    with pytest.raises(AuthenticationError) as info:
+        run(settings, db)
+    message = str(info.value)
+    assert f"the {bad} token (connectors.pyrat.{bad}_token) is not valid" in message
+    other = "user" if bad == "client" else "client"
+    assert f"{other} token" not in message and "0-wrong" not in message
+    assert info.value.exit_code == 2
+    assert set(pyrat.requests_by_path) == {"/credentials"}  # nothing read past the check
+
+
+def test_histories_are_optional(db: Database, db_url: str, pyrat: FakePyrat) -> None:
+    histories = ("weights", "comments", "procedures")
+    streams = {name: {"enabled": False} for name in histories}
+    settings = make_settings(db_url, db.schema_prefix, pyrat.url, streams=streams)
+    report = run(settings, db)
+    assert report.ok, report.first_error()
+    assert not {s.stream for s in report.streams} & set(histories)
+    assert db.count(pm.Subject) == len(pyrat.colony.animals)
+    assert db.count(pm.SubjectWeight) == 0
+    assert not [p for p in pyrat.requests_by_path if p.count("/") == 3]  # no per-animal request

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +68,36 @@ def test_cron_fires_in_utc_and_intervals_count_from_the_last_run() -> None:
     assert recent.get_next_fire_time(None, NOW) == NOW + dt.timedelta(minutes=10)
     overdue = build_trigger(entry, last_start=NOW - dt.timedelta(hours=5), now=NOW)
     assert overdue.get_next_fire_time(None, NOW) == NOW
+
+
+def test_jobs_run_one_at_a_time_coalesced_with_a_misfire_grace_in_utc(tmp_path: Path) -> None:
+    s = settings(tmp_path, [{"select": "alyx", "interval": "15m", "jitter": 30},
+                            {"select": "alyx", "cron": "0 2 * * *", "jitter": 5}],
+                 daemon={"misfire_grace": "10m"})  # fmt: skip
+    daemon = Daemon(s)
+    daemon.specs = job_specs(s)
+    db = Database(s.database_url)
+    try:
+        sched = daemon._build_scheduler(db)
+        # Defaults are applied when the scheduler starts: start it paused (nothing runs), in a
+        # thread of its own since it blocks, and wait until it has.
+        runner = threading.Thread(target=sched.start, kwargs={"paused": True}, daemon=True)
+        runner.start()
+        deadline = time.monotonic() + 30
+        while not sched.running:
+            assert time.monotonic() < deadline, "the scheduler did not start"
+            time.sleep(0.01)
+        jobs = sched.get_jobs()
+        assert [j.name for j in jobs] == ["alyx (full, every 15m)", "alyx (full, cron 0 2 * * *)"]
+        for job in jobs:
+            assert (job.max_instances, job.coalesce, job.misfire_grace_time) == (1, True, 600)
+            assert str(job.trigger.timezone) == "UTC"
+        assert [j.trigger.jitter for j in jobs] == [30, 5]
+        sched.shutdown(wait=False)
+        runner.join(timeout=30)
+        assert not runner.is_alive()
+    finally:
+        db.dispose()
 
 
 def test_config_errors_stop_the_daemon_at_start(tmp_path: Path) -> None:
@@ -150,17 +183,70 @@ def test_a_populate_entry_populates_and_is_in_the_run_log(
     daemon = Daemon(s)
     (spec,) = daemon.check()
     daemon.db = Database(url)
-    daemon.metrics = Metrics(daemon.connectors, {}, clock=daemon.clock)
+    metrics = daemon.metrics = Metrics(daemon.connectors, {}, clock=daemon.clock)
     try:
         daemon._job(spec)  # what the scheduler calls when the entry falls due
+        assert db.count(tables.SessionStat) == 6
+        assert db.count(tables.SessionStat.Channel) == 12
+        (run,) = state.runs(db, connector="populate")
+        assert run["status"] == "success" and run["kind"] == "populate"
+
+        # A key whose make fails: the run goes on, but it failed, for the daemon too.
+        with db.transaction() as conn:
+            upsert(db, conn, tables.Session, [{"subject_id": 1, "session_no": 9, "value": -1.0}])
+        daemon._job(spec)
     finally:
         daemon.db.dispose()
+    failed, _ = state.runs(db, connector="populate")
+    assert failed["status"] == "failed" and "1 key(s) failed" in failed["error"]
+    assert daemon.failures == {"populate": 1} and "populate" in daemon.not_before
+    labels = {"connector": "populate", "kind": "populate", "outcome": "failed"}
+    assert metrics.registry.get_sample_value("limsync_runs_total", labels) == 1
     assert db.count(tables.SessionStat) == 6
-    assert db.count(tables.SessionStat.Channel) == 12
-    (run,) = (
-        state.runs(db, kind="populate")
-        if "kind" in state.runs.__code__.co_varnames
-        else [r for r in state.runs(db) if r["kind"] == "populate"]
-    )
-    assert run["status"] == "success"
     db.dispose()
+
+
+def test_the_populate_after_a_sync_alerts_on_its_own_streak(tmp_path: Path) -> None:
+    """Failed keys after a successful sync: one failure alert, one recovery alert, and the
+    connector's sync neither fails nor backs off."""
+    from limsync.pipeline.populate.run import PopulateReport, TableReport
+
+    got: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        hook = f"http://127.0.0.1:{httpd.server_address[1]}/hook"
+        s = settings(tmp_path, [{"select": "alyx", "interval": "1h"}],
+                     alerts={"webhook_url": hook}, daemon={"metrics_address": ""})  # fmt: skip
+        daemon = Daemon(s)
+        (spec,) = job_specs(s)
+
+        def report(failed: int, run_id: int) -> PopulateReport:
+            return PopulateReport("outbox", run_id, [TableReport("analysis.__stat", failed=failed)])
+
+        daemon._after_sync_populate(spec, report(2, 11))
+        daemon._after_sync_populate(spec, report(1, 12))  # still failing: no second alert
+        daemon._after_sync_populate(spec, report(0, 13))
+        daemon._after_sync_populate(spec, report(0, 14))  # still fine: nothing
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert [(d["event"], d["connector"], d["run_id"]) for d in got] == [
+        ("failure", "populate", 11),
+        ("recovery", "populate", 13),
+    ]
+    assert got[0]["selection"] == "alyx (after sync)"
+    assert "2 key(s) failed" in got[0]["message"]
+    assert got[1]["message"] == "succeeded after 2 failed run(s)"
+    assert daemon.failures == {} and daemon.not_before == {}  # the sync itself is not backed off

@@ -59,6 +59,33 @@ def test_sorting(pyrat: FakePyrat) -> None:
     assert get(pyrat, "animals", s="eartag_or_id:up").status_code == 400
 
 
+def test_several_sort_keys_the_first_wins(pyrat: FakePyrat) -> None:
+    states = ["live", "sacrificed", "exported"]
+    rows = get(
+        pyrat, "animals", k=["sex", "eartag_or_id"], state=states,
+        s=["sex:desc", "eartag_or_id:asc"],
+    ).json()  # fmt: skip
+    pairs = [(r["sex"], r["eartag_or_id"]) for r in rows]
+    by_sex = sorted(pairs, key=lambda p: p[1])
+    assert pairs == sorted(by_sex, key=lambda p: p[0], reverse=True)
+    assert len({sex for sex, _ in pairs}) > 1
+
+
+def test_repeated_values_are_or_ed_and_filters_and_ed(pyrat: FakePyrat) -> None:
+    colony = pyrat.colony
+    states = ["live", "sacrificed", "exported"]
+    tags = [colony.animals[1]["eartag_or_id"], colony.animals[2]["eartag_or_id"]]
+    either = get(pyrat, "animals", k=["animalid"], state=states, eartag=tags).json()
+    expected = {a["animalid"] for a in colony.animals if a["eartag_or_id"] in tags}
+    assert {r["animalid"] for r in either} == expected and len(expected) >= 2
+    sex = colony.animals[1]["sex"]
+    both = get(pyrat, "animals", k=["animalid", "sex"], state=states, eartag=tags, sex=sex)
+    assert {r["animalid"] for r in both.json()} == {
+        a["animalid"] for a in colony.animals if a["eartag_or_id"] in tags and a["sex"] == sex
+    }
+    assert all(r["sex"] == sex for r in both.json())
+
+
 def test_state_default_and_filters(pyrat: FakePyrat) -> None:
     colony = pyrat.colony
     live = get(pyrat, "animals", k=["state"]).json()

@@ -27,10 +27,9 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, Literal, Self
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import pydantic
 import requests
@@ -54,12 +53,20 @@ from limsync.connectors import (
     send,
 )
 from limsync.connectors.alyx import models
-from limsync.connectors.alyx.filters import FilterGuard, pk_batches, pk_in
-from limsync.errors import AuthenticationError, ConfigError, HTTPStatusError, SourceError
+from limsync.connectors.alyx.filters import (
+    FilterGuard,
+    pk_batches,
+    pk_in,
+)
+from limsync.connectors.alyx.sessions import MAX_PAGE_SIZE, SessionReader
+from limsync.errors import (
+    AuthenticationError,
+    ConfigError,
+    SourceError,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_PAGE_SIZE = 1000  # the server's max_limit since Alyx 3.6.0
 OPENAPI_MEDIA_TYPE = "application/vnd.oai.openapi+json"
 INVALID_TOKEN = "Invalid token."
 
@@ -152,7 +159,7 @@ class AlyxConnector(Connector):
             "sessions",
             models.Session,
             key=("id",),
-            cursor=Cursor("auto_datetime", lookback=timedelta(days=1)),
+            cursor=Cursor("auto_datetime", lookback=timedelta(days=1), versions=True),
             volatile=SESSION_VOLATILE,
             description="session details (summaries when session_details is off)",
         ),
@@ -312,31 +319,15 @@ class AlyxConnector(Connector):
     # --- sessions -------------------------------------------------------------------------------
 
     def read(self, stream: str, ctx: ReadContext) -> Iterator[Page]:
-        """Pages of raw records; sessions get their own logic.
-
-        Sessions: with ``session_details`` (the default) the yielded records are details.
-
-        * Incremental with a cursor: only the sessions listed by
-          ``?django=auto_datetime__gte,<cursor - lookback>``, each fetched in detail.
-        * Full scan: the whole list, with details fetched only for sessions the ledger does not
-          know (``ctx.known``) or that the changed-since query returned; the others are
-          reported through ``ctx.seen`` so the engine counts them as present. Without
-          ``ctx.seen``, or without a cursor, every session is fetched in detail.
-        * Sessions the changed query returned but the list paging missed (rows shift while
-          paging) are fetched at the end.
-        """
+        """Pages of raw records. Sessions are read by :class:`SessionReader` (details only where
+        needed); nickname-keyed streams are read lab by lab."""
         if stream in _BY_SUBJECT_LAB and self.settings.per_lab_scans:
             yield from self._read_per_lab(stream)
             return
         if stream != "sessions":
             yield from super().read(stream, ctx)
             return
-        since = self.since(stream, ctx)
-        with ThreadPoolExecutor(self.settings.detail_workers, "alyx-session") as pool:
-            if not ctx.full and since is not None:
-                yield from self._changed_sessions(since, pool)
-            else:
-                yield from self._all_sessions(ctx, since, pool)
+        yield from SessionReader(self).read(ctx)
 
     def _read_per_lab(self, stream: str) -> Iterator[Page]:
         labs = [str(r["name"]) for page in self.list_pages("labs") for r in page]
@@ -353,117 +344,6 @@ class AlyxConnector(Connector):
                 for record in page:
                     record["subject_lab"] = lab
                 yield page
-
-    def _changed_query(self, since: datetime) -> dict[str, str]:
-        params = {"django": f"auto_datetime__gte,{since.isoformat()}"}
-        self.filters.check("sessions", params)
-        return params
-
-    def _changed_sessions(self, since: datetime, pool: ThreadPoolExecutor) -> Iterator[Page]:
-        decl = self.stream("sessions")
-        done: set[Key] = set()
-        for page in self.list_pages("sessions", params=self._changed_query(since)):
-            if not self.settings.session_details:
-                yield page
-                continue
-            fresh, unkeyed = self._split_new(decl, page, done)
-            details = self._details([s for _, s in fresh], pool)
-            self._verify_changed(details, since)
-            if details or unkeyed:
-                yield unkeyed + details
-
-    def _all_sessions(
-        self, ctx: ReadContext, since: datetime | None, pool: ThreadPoolExecutor
-    ) -> Iterator[Page]:
-        decl = self.stream("sessions")
-        changed: dict[Key, Record] | None = None
-        if since is not None and self.settings.session_details and ctx.seen is not None:
-            changed = {}
-            for page in self.list_pages("sessions", params=self._changed_query(since)):
-                for summary in page:
-                    key = self._key(decl, summary)
-                    if key is not None:
-                        changed[key] = summary
-        done: set[Key] = set()
-        for page in self.list_pages("sessions"):
-            if not self.settings.session_details:
-                yield page
-                continue
-            fresh, unkeyed = self._split_new(decl, page, done)
-            if changed is None or ctx.seen is None:
-                wanted = fresh
-            else:
-                known = ctx.known([k for k, _ in fresh])
-                wanted = [(k, s) for k, s in fresh if k not in known or k in changed]
-                unchanged = [k for k, _ in fresh if k in known and k not in changed]
-                if unchanged:
-                    ctx.seen(unchanged)
-            details = self._details([s for _, s in wanted], pool)
-            if since is not None and changed is not None:
-                fetched_as_changed = [d for d in details if self._key(decl, d) in changed]
-                self._verify_changed(fetched_as_changed, since)
-            if details or unkeyed:
-                yield unkeyed + details
-        if changed:
-            missed = [s for k, s in changed.items() if k not in done]
-            details = self._details(missed, pool)
-            if since is not None:
-                self._verify_changed(details, since)
-            if details:
-                yield details
-
-    def _split_new(
-        self, decl: Stream, page: Page, done: set[Key]
-    ) -> tuple[list[tuple[Key, Record]], list[Record]]:
-        """Summaries not handled yet (marking them handled), and those without a usable id."""
-        fresh: list[tuple[Key, Record]] = []
-        unkeyed: list[Record] = []
-        for summary in page:
-            key = self._key(decl, summary)
-            if key is None:
-                unkeyed.append(summary)  # passed on as is: the engine quarantines it
-            elif key not in done:
-                done.add(key)
-                fresh.append((key, summary))
-        return fresh, unkeyed
-
-    def _details(self, summaries: list[Record], pool: ThreadPoolExecutor) -> list[Record]:
-        ids = [str(s["id"]) for s in summaries]
-        return [d for d in pool.map(self._detail, ids) if d is not None]
-
-    def _detail(self, session_id: str) -> Record | None:
-        try:
-            body = self.get(self.url(f"sessions/{quote(session_id, safe='')}")).json()
-        except HTTPStatusError as exc:
-            if exc.status == 404:
-                log.debug("session %s was deleted while being read", session_id)
-                return None
-            raise
-        except ValueError:
-            raise SourceError(f"GET sessions/{session_id}: the response is not JSON") from None
-        if not isinstance(body, dict):
-            raise SourceError(f"GET sessions/{session_id}: the response is not an object")
-        return body
-
-    def _verify_changed(self, details: list[Record], since: datetime) -> None:
-        """Raise if a session older than ``since`` came back: the server ignored the filter.
-
-        ``auto_datetime`` only grows, so a detail read after the filtered list cannot be older
-        than the filter's bound unless the filter was not applied.
-        """
-        for detail in details:
-            raw = detail.get("auto_datetime")
-            try:
-                value = datetime.fromisoformat(raw) if isinstance(raw, str) else None
-            except ValueError:
-                value = None
-            if value is None or (value.tzinfo is None) != (since.tzinfo is None):
-                continue
-            if value < since:
-                raise ConfigError(
-                    f"the server ignored the filter django=auto_datetime__gte on /sessions: "
-                    f"session {detail.get('id')} last changed at {raw}, before {since.isoformat()}"
-                )
 
     # --- deletes --------------------------------------------------------------------------------
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote_plus, urlsplit
 
 from limsync.errors import ConfigError, LimsyncError
 
@@ -62,17 +63,38 @@ def split_django(value: str) -> list[str]:
 
 def pk_in(ids: list[str]) -> str:
     """The ``django=`` value selecting these primary keys (Alyx evaluates the list literal)."""
-    return "pk__in,[" + ",".join(f"'{i}'" for i in ids) + "]"
+    return in_list("pk", ids)
+
+
+def in_list(field: str, values: Sequence[str]) -> str:
+    """The ``django=`` value ``<field>__in,['a','b']`` (Alyx evaluates the list literal)."""
+    return f"{field}__in,[" + ",".join(f"'{v}'" for v in values) + "]"
+
+
+#: gunicorn's default ``limit_request_line``: a longer ``GET <target> HTTP/1.1`` line is a 400.
+MAX_REQUEST_LINE = 4094
+
+#: Room for ``&limit=1000&offset=<n>`` and the request line around the target.
+_LINE_OVERHEAD = len("GET  HTTP/1.1") + len("&limit=1000&offset=10000000")
 
 
 def pk_batches(ids: list[str], url: str, max_url: int = 6000) -> list[list[str]]:
-    """Split ids into ``pk__in`` batches whose request URL stays under ``max_url`` characters."""
-    overhead = len(url) + len("?django=") + len(quote("pk__in,[]", safe="")) + 40  # limit+offset
+    """Split ids into ``pk__in`` batches whose request URL stays under ``max_url`` characters
+    and whose request line stays within gunicorn's default limit."""
+    return in_batches("pk", ids, url, max_url)
+
+
+def in_batches(field: str, values: list[str], url: str, max_url: int = 6000) -> list[list[str]]:
+    """Split values into ``<field>__in`` batches whose request URL stays under ``max_url``
+    characters and whose request line stays within gunicorn's default limit."""
+    origin = len(url) - len(urlsplit(url).path)  # scheme and host: not in the request line
+    max_url = min(max_url, MAX_REQUEST_LINE - len("GET  HTTP/1.1") + origin)
+    overhead = len(url) + len("?django=") + _encoded(f"{field}__in,[]") + 40  # limit+offset
     batches: list[list[str]] = []
     batch: list[str] = []
     size = overhead
-    for item in ids:
-        cost = len(quote(f"'{item}',", safe=""))
+    for item in values:
+        cost = _encoded(f"'{item}',")
         if batch and size + cost > max_url:
             batches.append(batch)
             batch, size = [], overhead
@@ -81,6 +103,58 @@ def pk_batches(ids: list[str], url: str, max_url: int = 6000) -> list[list[str]]
     if batch:
         batches.append(batch)
     return batches
+
+
+def _encoded(text: str) -> int:
+    """Length of ``text`` in a query string as ``requests`` encodes it."""
+    return len(quote_plus(text))
+
+
+def excluding_slices(
+    field: str,
+    since: datetime,
+    held: Sequence[str],
+    url: str,
+    max_line: int = MAX_REQUEST_LINE,
+) -> list[str]:
+    """``django=`` values that together select ``field >= since`` minus the values in ``held``.
+
+    One filter excluding every held value could exceed the request line limit, so the window
+    is cut into consecutive slices ``[lo, hi)``, each excluding the held values inside it
+    (``field__gte,lo,field__lt,hi,~field__in,[...]``; the last slice has no upper bound). The
+    slices cover the window exactly, so their union is the one filter's result. ``held`` are
+    ISO datetimes (at or after ``since``, distinct) in the form the server compares exactly.
+    """
+    ordered = sorted(set(held), key=datetime.fromisoformat)
+    path = len(urlsplit(url).path) + len("?django=")
+    bound = max((_encoded(v) for v in [since.isoformat(), *ordered]), default=0)
+    # Every slice may carry both bounds; an upper bound is one of the held values.
+    room = max_line - _LINE_OVERHEAD - path
+    fixed = _encoded(f"{field}__gte,,{field}__lt,,~{field}__in,[]") + 2 * bound
+    if ordered and room - fixed < _encoded(f"'{ordered[0]}',"):
+        raise ValueError(f"{url}: no room in a request line for even one excluded value")
+    slices: list[str] = []
+    lo = since.isoformat()
+    chunk: list[str] = []
+    size = fixed
+    for value in ordered:
+        cost = _encoded(f"'{value}',")
+        if chunk and size + cost > room:
+            slices.append(_slice(field, lo, value, chunk))
+            lo, chunk, size = value, [], fixed
+        chunk.append(value)
+        size += cost
+    slices.append(_slice(field, lo, None, chunk))
+    return slices
+
+
+def _slice(field: str, lo: str, hi: str | None, excluded: list[str]) -> str:
+    parts = [f"{field}__gte,{lo}"]
+    if hi is not None:
+        parts.append(f"{field}__lt,{hi}")
+    if excluded:
+        parts.append(f"~{field}__in,[" + ",".join(f"'{v}'" for v in excluded) + "]")
+    return ",".join(parts)
 
 
 class FilterGuard:

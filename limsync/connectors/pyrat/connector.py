@@ -122,6 +122,18 @@ class PyratSettings(ConnectorSettings):
         return value
 
 
+class TokensRefusedError(AuthenticationError):
+    """``/credentials`` answered (HTTP 200) that a token is not valid; the message names it.
+
+    An :class:`AuthenticationError` like a 401 (exit code 2), worded without a status the server
+    did not send.
+    """
+
+    def __init__(self, url: str, detail: str) -> None:
+        super().__init__("GET", url, 401, detail)
+        self.args = (f"GET {url}: {detail}",)
+
+
 def _animal_stream(name: str, model: type[pydantic.BaseModel], path: str) -> Stream:
     return Stream(
         name,
@@ -231,9 +243,9 @@ class PyratConnector(Connector):
             if body.get(field) is not True
         ]
         if bad:
-            raise AuthenticationError(
-                "GET", redact_url(url), 401, f"PyRAT refused the {' and the '.join(bad)}"
-            )
+            verb = "are" if len(bad) > 1 else "is"
+            detail = f"PyRAT says the {' and the '.join(bad)} {verb} not valid"
+            raise TokensRefusedError(redact_url(url), detail)
         self._opened = True
 
     def get(self, url: str, params: Mapping[str, Any] | None = None) -> requests.Response:

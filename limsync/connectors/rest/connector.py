@@ -40,6 +40,7 @@ from limsync.connectors import (
     Record,
     SinglePage,
     Stream,
+    field_at,
     nothing_known,
     raise_for_response,
     redact_url,
@@ -132,14 +133,6 @@ def source_model(stream: str, key: Sequence[str], optional: Sequence[str]) -> ty
         __validators__=validators,
         **fields,
     )
-
-
-def _dig(body: Any, path: str) -> Any:
-    for part in path.split("."):
-        if not isinstance(body, dict):
-            return None
-        body = body.get(part)
-    return body
 
 
 # --- the connector --------------------------------------------------------------------------------
@@ -261,7 +254,7 @@ class RestConnector(Connector):
             )
         raise_for_response(response, secrets=self.secrets())
         try:
-            token = _dig(response.json(), auth.token_field)
+            token = field_at(response.json(), auth.token_field)
         except ValueError:
             token = None
         if isinstance(token, int) and not isinstance(token, bool):

@@ -41,6 +41,20 @@ __all__ = [
 _NOT_IN_NAME = set("{}[].:!")
 
 
+def _field_path(value: str, what: str) -> str:
+    """A field of a response body, nested with dots (``data.items``): each part a plain name."""
+    if not value.strip():
+        raise ValueError(f"{what} must not be blank")
+    if any(not part for part in value.split(".")):
+        raise ValueError(f"{what} {value!r} has an empty part (dots separate nested fields)")
+    bad = sorted((_NOT_IN_NAME - {"."}) & set(value))
+    if bad:
+        raise ValueError(
+            f"{what} {value!r} must be field names joined by dots (no {' '.join(bad)})"
+        )
+    return value
+
+
 def _plain_name(value: str, what: str) -> str:
     """A top-level JSON field name: not blank, no dots or template characters."""
     if not value.strip():
@@ -181,7 +195,7 @@ class PaginationSettings(_Strict):
             raise ValueError(f"page_size {self.page_size} is above max_page_size")
         for name in ("count_field", "next_field"):
             if name in self.model_fields_set:
-                _plain_name(getattr(self, name), name)
+                _field_path(getattr(self, name), name)
         return self
 
 
@@ -287,7 +301,7 @@ class RestStreamSettings(StreamSettings):
         if set(self.volatile) & set(self.key):
             raise ValueError("a key field cannot be volatile")
         if self.records is not None and self.records:
-            _plain_name(self.records, "records")
+            _field_path(self.records, "records")
         if self.pagination is not None and self.pagination.page_size and self.page_size is None:
             self.page_size = self.pagination.page_size
         return self
@@ -307,7 +321,7 @@ class RestSettings(ConnectorSettings):
     @model_validator(mode="after")
     def _check(self) -> Self:
         if self.records:
-            _plain_name(self.records, "records")
+            _field_path(self.records, "records")
         if "page_size" not in self.model_fields_set:
             # No page size given at the top: the pagination's, else the default within the cap.
             top_cap = self.pagination.max_page_size or self.page_size

@@ -17,7 +17,7 @@ from typing import Any
 import pydantic
 import sqlalchemy as sa
 
-from limsync.errors import PopulateError
+from limsync.errors import PopulateError, RestrictionError
 from limsync.pipeline.database import Database
 from limsync.pipeline.tables import Table, TableSpec
 from limsync.pipeline.upsert import MAX_PARAMS, placeholder
@@ -148,7 +148,7 @@ def _conditions(
     params: list[Any] = []
     for col, value in where.items():
         if not spec.has_column(col):
-            raise PopulateError(f"table {spec.qualname} has no column {col!r} to restrict by")
+            raise RestrictionError(f"table {spec.qualname} has no column {col!r} to restrict by")
         codec = _encoder(db, spec, col)
         values = list(value) if isinstance(value, list | tuple | set | frozenset) else [value]
         if not values:
@@ -212,8 +212,10 @@ class KeySource:
         params: list[Any] = []
         for col, value in (where or {}).items():
             if col not in self.owner:
-                raise PopulateError(
-                    f"table {self.spec.qualname}: no key-source table has a column {col!r}"
+                known = ", ".join(sorted(self.owner))
+                raise RestrictionError(
+                    f"table {self.spec.qualname}: no key-source table has a column {col!r} "
+                    f"(restrict by one of: {known})"
                 )
             alias, spec = self.owner[col]
             more_conds, more_params = _conditions(db, spec, {col: value}, alias)

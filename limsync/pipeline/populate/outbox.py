@@ -75,6 +75,7 @@ class OutboxReport:
             "recomputed_counts": {t: len(ks) for t, ks in self.recomputed.items()},
             "kept": self.kept,
             "unmapped_deletes": self.unmapped,
+            "datajoint": [r.to_dict() if hasattr(r, "to_dict") else r for r in self.datajoint],
             "skipped": self.skipped,
         }
 

@@ -86,8 +86,27 @@ class PopulateReport:
 
     @property
     def ok(self) -> bool:
-        """True when no key failed in this run."""
-        return all(t.failed == 0 for t in self.tables)
+        """True when no key failed in this run, the lab's DataJoint tables' included."""
+        return all(t.failed == 0 for t in self.tables) and not self.datajoint_errors()
+
+    def datajoint_errors(self) -> list[tuple[str, dict[str, Any], str]]:
+        """(table, key, message) of every DataJoint failure of the after-sync refresh."""
+        reports = self.outbox.datajoint if self.outbox else []
+        return [e for r in reports for e in getattr(r, "errors", [])]
+
+    def error(self) -> str | None:
+        """One line for the run log when something failed: how many, and the first message."""
+        failed = sum(t.failed for t in self.tables)
+        dj = self.datajoint_errors()
+        if not failed and not dj:
+            return None
+        parts = []
+        if failed:
+            parts.append(f"{failed} key(s) failed (limsync populate --errors lists them)")
+        if dj:
+            table, key, message = dj[0]
+            parts.append(f"{len(dj)} DataJoint error(s), first {table} {key}: {message}")
+        return "; ".join(parts)
 
     def counts(self) -> dict[str, Any]:
         """Totals, as stored in the run log."""
@@ -199,7 +218,9 @@ def populate(
     except BaseException as exc:
         state.finish_run(db, report.run_id, "failed", report.counts(), repr(exc))
         raise
-    state.finish_run(db, report.run_id, "success" if report.ok else "failed", report.counts())
+    state.finish_run(
+        db, report.run_id, "success" if report.ok else "failed", report.counts(), report.error()
+    )
     return report
 
 
@@ -238,7 +259,9 @@ def after_sync(
         state.finish_run(db, report.run_id, "failed", report.counts(), repr(exc))
         raise
     report.tables = list(totals.values())
-    state.finish_run(db, report.run_id, "success" if report.ok else "failed", report.counts())
+    state.finish_run(
+        db, report.run_id, "success" if report.ok else "failed", report.counts(), report.error()
+    )
     return report
 
 

@@ -33,7 +33,7 @@ from limsync.pipeline.graph import load_order
 from limsync.pipeline.populate import jobs
 from limsync.pipeline.populate.keys import Key, key_text, typed_key
 from limsync.pipeline.state import StateTables, ensure
-from limsync.pipeline.tables import AutoPopulated, Table, TableSpec
+from limsync.pipeline.tables import AutoPopulated, MakeRow, Table, TableSpec
 from limsync.pipeline.upsert import upsert, validate_row
 
 log = logging.getLogger(__name__)
@@ -171,8 +171,14 @@ class Worker:
     ) -> dict[str, list[dict[str, Any]]]:
         """Run ``make`` for one key and validate what it returned, by table."""
         out: dict[str, list[dict[str, Any]]] = {s.qualname: [] for s in self.order}
-        result = instance.make(dict(key))
-        for item in result or ():
+        # Rows make inserts (insert1/insert) count as rows it returns.
+        inserted: list[MakeRow] = []
+        instance.__dict__["_made_rows"] = inserted
+        try:
+            result: list[MakeRow] = [*(instance.make(dict(key)) or ()), *inserted]
+        finally:
+            instance.__dict__["_made_rows"] = None
+        for item in result:
             if isinstance(item, tuple):
                 part, row = item
                 spec = part.spec if isinstance(part, type) else None
