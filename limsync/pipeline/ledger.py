@@ -227,7 +227,18 @@ def key_text(key: Sequence[Any]) -> str:
     parts because every record of every sync needs one: strings and ints, the usual key
     parts, skip the general encoder.
     """
+    if len(key) == 1:  # most keys: no list and no join
+        return "[" + _key_part(key[0]) + "]"
     return "[" + ",".join([_key_part(v) for v in key]) + "]"
+
+
+def key_texts(keys: Iterable[Sequence[Any]]) -> list[str]:
+    """:func:`key_text` of many keys (one call for a batch of records)."""
+    part = _key_part
+    return [
+        "[" + part(k[0]) + "]" if len(k) == 1 else "[" + ",".join([part(v) for v in k]) + "]"
+        for k in keys
+    ]
 
 
 def targets_text(targets: Iterable[tuple[str, Sequence[Any]]]) -> str:
@@ -270,6 +281,40 @@ def lookup(
         for row in conn.exec_driver_sql(sql, (connector, stream, *part)).all():
             out[row[0]] = LedgerEntry(row[1], row[2], row[3] if targets else None)
     return out
+
+
+def states(
+    conn: sa.Connection, st: StateTables, connector: str, stream: str, keys: Sequence[str]
+) -> dict[str, tuple[str, str]]:
+    """``key -> (content_hash, state)`` for those of ``keys`` the ledger holds.
+
+    What tells an unchanged record, for every record of every sync: read through the driver's
+    own cursor (plain tuples, no result objects), one query per 1,000 keys, on the caller's
+    connection (so a dry run sees its own writes).
+    """
+    out: dict[str, tuple[str, str]] = {}
+    cursor = conn.connection.cursor()
+    try:
+        for part in _chunks(keys):
+            cursor.execute(
+                _select_sql(conn, st, "source_key, content_hash, state", len(part)),
+                (connector, stream, *part),
+            )
+            out.update({k: (h, s) for k, h, s in cursor.fetchall()})
+    finally:
+        cursor.close()
+    return out
+
+
+def count(conn: sa.Connection, st: StateTables, connector: str, stream: str) -> int:
+    """How many entries (any state) the ledger holds for a stream."""
+    t = st.ledger
+    query = (
+        sa.select(sa.func.count())
+        .select_from(t)
+        .where(t.c.connector == connector, t.c.stream == stream)
+    )
+    return int(conn.execute(query).scalar_one())
 
 
 def record(

@@ -35,6 +35,7 @@ from limsync.pipeline.graph import build_graph, load_order
 from limsync.pipeline.locks import Lock
 from limsync.pipeline.upsert import validate_row
 from limsync.sync import logcontext
+from limsync.sync.identity import Identity, seen_id
 from limsync.sync.mapping import Mapper, resolve_lookups
 from limsync.sync.report import StreamReport, SyncReport
 from limsync.sync.writer import BatchWriter, Item
@@ -43,24 +44,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 1000
 Progress = Callable[[str, int], None]
-
-
-def _seen_id(ktext: str) -> int:
-    """A key text's 128-bit digest: what a scan remembers of each key it has seen.
-
-    A full scan of a million records keeps ~50-byte ints instead of ~100-byte strings; two keys
-    sharing a digest is as unlikely as anything ever is (about 10^-27 at that size).
-    """
-    return int.from_bytes(hashlib.blake2b(ktext.encode(), digest_size=16).digest())
-
-
-def content_hash(record: pydantic.BaseModel, volatile: set[str] | None) -> str:
-    """Hash of a validated record without its volatile fields (32 hex characters).
-
-    ``model_dump_json`` writes fields in declaration order, so equal records give equal bytes.
-    """
-    data = record.model_dump_json(exclude=volatile or None)
-    return hashlib.blake2b(data.encode(), digest_size=16).hexdigest()
 
 
 def raw_key_text(stream: Stream, raw: Mapping[str, Any]) -> str:
@@ -108,6 +91,7 @@ class SyncEngine:
         # Streams with quarantine entries: only those pay for releasing records that landed.
         self._open_quarantine: dict[str, bool] = {}
         self.writer = BatchWriter(db, self.st, connector.name)
+        self._identities: dict[str, Identity] = {}
         # Per stream with a cursor being read: (key text, cursor value) of each record stored,
         # held as source versions once the whole stream is read (see _hold_versions).
         self._stored_versions: dict[str, list[tuple[str, str | None]]] = {}
@@ -238,9 +222,14 @@ class SyncEngine:
             cursor = ledger.get_cursor(conn, self.st, self.name, name)
             self._open_quarantine[name] = ledger.has_quarantine(conn, self.st, self.name, name)
         self.writer.forget_parents()  # known parents are kept within one stream's read only
-        # Keys this scan has seen, as 128-bit digests of their key text (see _seen_id).
+        # Keys this scan has seen, as 128-bit digests of their key text (see seen_id).
         seen: set[int] = set()
+        # How many of them the ledger holds: when that is all its entries, nothing is gone.
+        held = 0
         max_cursor = cursor
+        # The lock's expiry moves forward every twentieth of its lifetime (30 s by default), not
+        # after every batch: on SQLite each refresh is a write transaction of its own.
+        refresh_every, refreshed = lock.ttl.total_seconds() / 20, time.monotonic()
 
         def known(keys: Sequence[Key]) -> set[Key]:
             texts = {ledger.key_text(k): k for k in keys}
@@ -250,7 +239,7 @@ class SyncEngine:
             return {texts[t] for t, e in found.items() if e.state == "present"}
 
         def confirm_seen(keys: Sequence[Key]) -> None:
-            seen.update(_seen_id(ledger.key_text(k)) for k in keys)
+            seen.update(seen_id(ledger.key_text(k)) for k in keys)
 
         def held_versions(lower: str) -> set[str]:
             with contextlib.ExitStack() as stack:
@@ -273,7 +262,8 @@ class SyncEngine:
         for page in self.connector.read(name, ctx):
             if self._stop_requested():
                 raise _StopRequestedError  # the records read since the last batch are re-read
-            for raw in page:
+            # Without a declared cursor the values would not be used (see new_cursor).
+            for raw in page if stream.cursor else ():
                 value = self.connector.cursor_value(name, raw)
                 if value is not None and (max_cursor is None or value > max_cursor):
                     max_cursor = value
@@ -283,17 +273,24 @@ class SyncEngine:
                 self.progress(name, len(page))
             while len(pending) >= self.batch_size:
                 batch, pending = pending[: self.batch_size], pending[self.batch_size :]
-                self._process(name, stream, batch, sr, run_id, seen, None, dry_conn)
-                if dry_conn is None:
+                held += self._process(name, stream, batch, sr, run_id, seen, None, dry_conn)
+                if dry_conn is None and time.monotonic() - refreshed >= refresh_every:
                     lock.refresh()
+                    refreshed = time.monotonic()
                 if self._stop_requested():
                     raise _StopRequestedError
         new_cursor = max_cursor if stream.cursor and max_cursor != cursor else None
-        self._process(name, stream, pending, sr, run_id, seen, new_cursor, dry_conn)
+        held += self._process(name, stream, pending, sr, run_id, seen, new_cursor, dry_conn)
         if versioned:
             self._hold_versions(name, unheld, dry_conn)
         if full:
-            self._detect_gone(name, sr, run_id, seen, dry_conn, force_delete)
+            self._detect_gone(name, sr, run_id, seen, held, dry_conn, force_delete)
+
+    def _identity(self, stream: Stream) -> Identity:
+        ident = self._identities.get(stream.name)
+        if ident is None or ident.stream is not stream:
+            ident = self._identities[stream.name] = Identity(stream)
+        return ident
 
     def _stop_requested(self) -> bool:
         return self.stop is not None and self.stop.is_set()
@@ -313,43 +310,50 @@ class SyncEngine:
         seen: set[int],
         new_cursor: str | None,
         dry_conn: sa.Connection | None,
-    ) -> None:
+    ) -> int:
+        """Validate, hash, map and write one batch; returns how many of its keys, first seen by
+        this scan, the ledger now holds (found in it, or recorded by this batch)."""
         quarantined: list[tuple[str, str, str, Any]] = []
-        items: list[Item] = []
-        dupes: list[Item] = []
-        volatile = set(stream.volatile)  # once per batch, not per record
-        for raw in raws:
-            try:
-                rec = stream.model.model_validate(raw)
-            except pydantic.ValidationError as exc:
-                quarantined.append((raw_key_text(stream, raw), "validate", _short(exc), raw))
-                continue
-            key = stream.key_of(rec)
-            ktext = ledger.key_text(key)
-            seen_id = _seen_id(ktext)
-            if seen_id in seen:  # unordered paging, or a key twice in an export: see _duplicates
-                dupes.append(Item(key, ktext, raw, rec, content_hash(rec, volatile)))
-                continue
-            seen.add(seen_id)
-            items.append(Item(key, ktext, raw, rec, content_hash(rec, volatile)))
+        ident = self._identity(stream)
+        valid, invalid = ident.validate(raws)
+        for raw, exc in invalid:
+            quarantined.append((raw_key_text(stream, raw), "validate", _short(exc), raw))
+        records = [rec for _, rec in valid]
+        keys = ident.keys(records)
+        texts = ident.texts(keys)
+        hashes = ident.hashes(records)
+        # Indices of records whose key this scan reads for the first time, and of the others.
+        first: list[int] = []
+        again: list[int] = []
+        for i, digest in enumerate(ident.seen_ids(texts)):
+            if digest in seen:  # unordered paging, or a key twice in an export: see _duplicates
+                again.append(i)
+            else:
+                seen.add(digest)
+                first.append(i)
         with contextlib.ExitStack() as stack:
             conn = dry_conn or stack.enter_context(self.db.engine.connect())
-            keys = list(dict.fromkeys(i.ktext for i in [*items, *dupes]))
-            entries = ledger.lookup(conn, self.st, self.name, name, keys, targets=False)
-            self._duplicates(dupes, items, entries, sr, quarantined)
+            found = ledger.states(conn, self.st, self.name, name, list(dict.fromkeys(texts)))
+            found_first = 0
             todo: list[Item] = []
-            kept: list[Item] = []  # unchanged: their source versions are held all the same
-            for item in items:
-                item.old = entries.get(item.ktext)
-                if (
-                    item.old is not None
-                    and item.old.state == "present"
-                    and item.old.content_hash == item.hash
-                ):
-                    sr.unchanged += 1
-                    kept.append(item)
-                else:
-                    todo.append(item)
+            kept: list[int] = []  # unchanged: their source versions are held all the same
+            for i in first:
+                old = found.get(texts[i])
+                if old is None:
+                    todo.append(Item(keys[i], texts[i], valid[i][0], records[i], hashes[i]))
+                    continue
+                found_first += 1
+                if old[1] == "present" and old[0] == hashes[i]:
+                    kept.append(i)
+                    continue  # unchanged: nothing is written (most records of a re-sync)
+                item = Item(keys[i], texts[i], valid[i][0], records[i], hashes[i])
+                item.old = ledger.LedgerEntry(old[0], old[1], None)
+                todo.append(item)
+            sr.unchanged += len(kept)
+            if again:
+                dupes = [Item(keys[i], texts[i], valid[i][0], records[i], hashes[i]) for i in again]
+                batch = {texts[i]: hashes[i] for i in first}
+                self._duplicates(dupes, batch, found, sr, quarantined)
             # What changed records produced before (to delete rows they no longer produce):
             # read for those few only, not for every record of the batch.
             before = [i.ktext for i in todo if i.old is not None]
@@ -385,9 +389,10 @@ class SyncEngine:
             ready.append(item)
         stored_versions = self._stored_versions.get(name)
         if stored_versions is not None:
-            stored_versions.extend(self._versions_of(name, kept))
+            value = self.connector.cursor_value
+            stored_versions.extend((texts[i], value(name, valid[i][0])) for i in kept)
         if not ready and not quarantined and new_cursor is None:
-            return
+            return found_first
         with self._batch_tx(dry_conn) as conn:
             landed = self.writer.write(conn, ready, quarantined, sr, run_id, name)
             ledger.quarantine(conn, self.st, self.name, name, quarantined, run_id)
@@ -405,6 +410,8 @@ class SyncEngine:
         sr.quarantined += len(quarantined)
         if quarantined and self.on_quarantine is not None:
             self.on_quarantine(name, quarantined)
+        # Records new to the ledger that landed got their entry in this batch's transaction.
+        return found_first + sum(1 for i in landed if i.old is None)
 
     def _versions_of(self, name: str, items: Sequence[Item]) -> list[tuple[str, str | None]]:
         return [(item.ktext, self.connector.cursor_value(name, item.raw)) for item in items]
@@ -431,8 +438,8 @@ class SyncEngine:
     def _duplicates(
         self,
         dupes: list[Item],
-        items: list[Item],
-        entries: Mapping[str, ledger.LedgerEntry],
+        batch: Mapping[str, str],
+        entries: Mapping[str, tuple[str, str]],
         sr: StreamReport,
         quarantined: list[tuple[str, str, str, Any]],
     ) -> None:
@@ -440,12 +447,11 @@ class SyncEngine:
         quarantined (stage ``duplicate``) when it differs; the first one stays. (The files and
         SQL connectors find such keys themselves and name both places.)
         """
-        batch = {i.ktext: i.hash for i in items}
         for d in dupes:
-            first = batch.get(d.ktext)
-            entry = entries.get(d.ktext)
-            if first is None and entry is not None and entry.state == "present":
-                first = entry.content_hash
+            first = batch.get(d.ktext)  # the hash of the first one, when it is in this batch
+            entry = entries.get(d.ktext)  # (content hash, state)
+            if first is None and entry is not None and entry[1] == "present":
+                first = entry[0]
             if first == d.hash:
                 sr.duplicates += 1
                 continue
@@ -462,17 +468,27 @@ class SyncEngine:
         sr: StreamReport,
         run_id: int,
         seen: set[int],
+        held: int,
         dry_conn: sa.Connection | None,
         force: bool,
     ) -> None:
+        """Find the ledger's keys this full scan did not see, and apply the delete policy.
+
+        ``held``: how many of the scan's keys the ledger holds. When that is every entry it has,
+        no key can be missing and the ledger is not read key by key (an unchanged re-sync's
+        usual case). A key the ledger lost during the scan only lowers the count, so any doubt
+        leads to the full comparison.
+        """
         with contextlib.ExitStack() as stack:
             conn = dry_conn or stack.enter_context(self.db.engine.connect())
+            if ledger.count(conn, self.st, self.name, name) == held:
+                return
             # Streamed: only the keys missing from this scan are kept, not the whole ledger.
             total = 0
             missing: dict[str, str] = {}
             for ktext, state in ledger.known_keys(conn, self.st, self.name, name):
                 total += 1
-                if _seen_id(ktext) not in seen:
+                if seen_id(ktext) not in seen:
                     missing[ktext] = state
         if not missing:
             return

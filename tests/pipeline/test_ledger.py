@@ -77,6 +77,30 @@ def test_constants_that_are_not_plain_names_travel_as_parameters(db: Database) -
     assert entries['["k"]'].targets == [("t.x", [1])]
 
 
+@given(st.lists(st.lists(parts, min_size=1, max_size=3), max_size=5))
+def test_key_texts_of_a_batch(keys: list[list[Any]]) -> None:
+    assert ledger.key_texts([tuple(k) for k in keys]) == [reference(tuple(k)) for k in keys]
+
+
+def test_states_and_count(db: Database) -> None:
+    """What the unchanged check reads: hash and state of the keys held, for one stream only."""
+    st = state.ensure(db)
+    keys = [f'["k{i}"]' for i in range(2500)]  # three chunks of 1,000
+    with db.transaction() as conn:
+        entries = [(k, f"{i:032x}", [("t.x", (i,))]) for i, k in enumerate(keys)]
+        ledger.record(conn, st, "c", "s", entries, 1, set())
+        ledger.record(conn, st, "c", "other", [(keys[0], "f" * 32, [])], 1, set())
+        ledger.mark(conn, st, "c", "s", keys[:2], "gone", 2)
+    with db.engine.connect() as conn:
+        found = ledger.states(conn, st, "c", "s", [*keys[::-1], '["missing"]'])
+        assert ledger.count(conn, st, "c", "s") == 2500
+        assert ledger.count(conn, st, "c", "other") == 1
+        assert ledger.count(conn, st, "c", "none") == 0
+    assert len(found) == 2500
+    assert found[keys[0]] == (f"{0:032x}", "gone")
+    assert found[keys[2499]] == (f"{2499:032x}", "present")
+
+
 # Every character a SQL literal must escape (quotes, backslashes, NUL, Ctrl-Z, line ends), a
 # driver's parameter marker and text beyond ASCII.
 AWKWARD = ["o'b\"r\\i\0e\032n\r\n", "100% %s %%", "é 中 \u2028", "'", "\\", ""]

@@ -228,6 +228,25 @@ def test_delete_policies(db: Database) -> None:
     assert forced.ok and db.count(Weight) == 2
 
 
+def test_gone_records_beside_new_and_returning_ones(db: Database) -> None:
+    """The ledger is compared key by key whenever the scan did not see all of it: a record that
+    vanished is found when others arrive (new, quarantined) in the same scan, and a record
+    flagged gone that comes back counts as seen."""
+    data = dataset()
+    make_engine(db, data).run()
+    gone = data["weights"].pop(0)
+    data["weights"].append({"id": 60, "mouse": "m2", "grams": 30.0, "measured": "2026-02-01"})
+    data["weights"].append({"id": 61, "mouse": "m2", "grams": "heavy", "measured": "2026-02-02"})
+    report = make_engine(db, data).run()
+    weights = report.streams[2]
+    assert (weights.new, weights.quarantined, weights.gone) == (1, 1, 1)
+    assert make_engine(db, data).run().streams[2].gone == 1  # still flagged, still missing
+    data["weights"].append(gone)
+    back = make_engine(db, data).run().streams[2]
+    assert (back.gone, back.changed, back.unchanged) == (0, 1, 9)
+    assert make_engine(db, data).run().streams[2].gone == 0
+
+
 def test_deleting_a_parent_cascades(db: Database) -> None:
     data = dataset()
     make_engine(db, data).run()
