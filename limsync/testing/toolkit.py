@@ -196,7 +196,8 @@ class NextLinkPaging(Paging):
         return Reply(200, {}, {"count": len(records), "next": nxt, "results": page})
 
 
-def _as_time(value: Any) -> datetime | None:
+def as_datetime(value: Any) -> datetime | None:
+    """``value`` as a datetime when it is one or ISO text for one, else None."""
     if isinstance(value, datetime):
         return value
     if isinstance(value, str):
@@ -209,7 +210,7 @@ def _as_time(value: Any) -> datetime | None:
 
 def _at_least(value: Any, bound: str) -> bool:
     """``value >= bound``: as datetimes when both are ISO datetimes, else as numbers or text."""
-    left, right = _as_time(value), _as_time(bound)
+    left, right = as_datetime(value), as_datetime(bound)
     if left is not None and right is not None and (left.tzinfo is None) == (right.tzinfo is None):
         return left >= right
     if isinstance(value, int | float) and not isinstance(value, bool):

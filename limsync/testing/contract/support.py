@@ -12,6 +12,7 @@ from enum import Enum
 from typing import Annotated, Any
 
 from limsync.sync.report import StreamReport
+from limsync.testing.toolkit import as_datetime
 
 #: Applied under the author's settings: retries without waiting, no client-side rate limit.
 FAST_SETTINGS: Mapping[str, Any] = {
@@ -36,18 +37,6 @@ def fail(message: str) -> typing.NoReturn:
 
 
 # --- value helpers ------------------------------------------------------------------------------
-
-
-def as_datetime(value: Any) -> datetime | None:
-    """``value`` as a datetime when it is one or ISO text for one, else None."""
-    if isinstance(value, datetime):
-        return value
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value)
-        except ValueError:
-            return None
-    return None
 
 
 def cursor_order(value: str) -> tuple[int, Any]:
