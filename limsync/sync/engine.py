@@ -368,7 +368,9 @@ class SyncEngine:
             try:
                 item.rows = mapper.rows(item.record)
             except Exception as exc:  # a mapping function's bug or a surprising record
-                quarantined.append((item.ktext, "map", f"{type(exc).__name__}: {exc}", item.raw))
+                # limsync's own errors say what and where; anything else is named by its class.
+                why = str(exc) if isinstance(exc, LimsyncError) else f"{type(exc).__name__}: {exc}"
+                quarantined.append((item.ktext, "map", why, item.raw))
                 continue
             mapped.append(item)
         flat = [(item, spec, row) for item in mapped for spec, row in item.rows]
