@@ -25,7 +25,6 @@ import io
 import json
 import os
 import pstats
-import resource
 import subprocess
 import sys
 import tempfile
@@ -35,16 +34,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import peak_rss_mb as rss_mb
 from migrate import generate  # the same export as the migration benchmark
 
 STREAMS = {
     "subjects": {"path": "subjects.csv", "key": ["Animal ID"]},
     "weighings": {"path": "weighings.csv", "key": ["Animal ID", "Date"]},
 }
-
-
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(args: argparse.Namespace) -> None:

@@ -27,13 +27,9 @@ counted in the child's RSS. Benchmark schemas are dropped at the end.
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
 import json
 import math
 import os
-import pstats
-import resource
 import subprocess
 import sys
 import tempfile
@@ -51,6 +47,9 @@ from limsync.pipeline import Database, Key, Manual, Ref, Schema
 from limsync.sync.engine import SyncEngine
 from limsync.sync.mapping import Emitted, Mapper, StreamMap
 from limsync.testing.memory import MemoryConnector, MemorySettings
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from measure import peak_rss_mb, profiled
 
 MYSQL_ENV = "LIMSYNC_TEST_MYSQL_URL"
 PHASES = ("first", "unchanged", "changed")
@@ -147,34 +146,17 @@ def engine_data(n: int, changed: bool) -> dict[str, list[dict[str, Any]]]:
 # -- child processes: one phase each ---------------------------------------------------------------
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
-
-
-def _profiled(fn: Any, enabled: bool) -> tuple[Any, str | None]:
-    """Run ``fn``; with ``enabled``, also the top functions by own time, as text."""
-    if not enabled:
-        return fn(), None
-    prof = cProfile.Profile()
-    result = prof.runcall(fn)
-    out = io.StringIO()
-    stats = pstats.Stats(prof, stream=out)
-    stats.sort_stats("tottime").print_stats(20)
-    stats.sort_stats("cumulative").print_stats(25)
-    return result, out.getvalue()
-
-
 def child_engine(spec: dict[str, Any]) -> dict[str, Any]:
     """One engine-only phase against the in-memory source."""
     data = engine_data(spec["records"], spec["phase"] == "changed")
-    rss_before = _rss_mb()
+    rss_before = peak_rss_mb()
     db = Database(spec["url"], schema_prefix=spec["prefix"])
     try:
         db.declare(bench)
         source = BenchSource("bench", MemorySettings(page_size=1000), data=data)
         engine = SyncEngine(db, source, {m.stream: Mapper(db, m) for m in BENCH_MAPS})
         t0, c0 = time.perf_counter(), time.process_time()
-        report, profile = _profiled(engine.run, spec.get("profile", False))
+        report, profile = profiled(engine.run, spec.get("profile", False))
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         db.dispose()
@@ -185,7 +167,7 @@ def child_engine(spec: dict[str, Any]) -> dict[str, Any]:
         "ok": report.ok,
         "error": report.first_error(),
         "rss_before_mb": rss_before,
-        "peak_rss_mb": _rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "profile": profile,
     }
 
@@ -209,9 +191,9 @@ def child_alyx(spec: dict[str, Any]) -> dict[str, Any]:
             }
         },
     )
-    rss_before = _rss_mb()
+    rss_before = peak_rss_mb()
     t0 = time.perf_counter()
-    reports, profile = _profiled(lambda: sync(settings), spec.get("profile", False))
+    reports, profile = profiled(lambda: sync(settings), spec.get("profile", False))
     seconds = time.perf_counter() - t0
     report = reports[0]
     return {
@@ -229,7 +211,7 @@ def child_alyx(spec: dict[str, Any]) -> dict[str, Any]:
         "ok": report.ok,
         "error": report.first_error(),
         "rss_before_mb": rss_before,
-        "peak_rss_mb": _rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "profile": profile,
     }
 

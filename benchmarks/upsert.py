@@ -23,13 +23,9 @@ work is not in it). Server URLs come from LIMSYNC_TEST_MYSQL_URL / LIMSYNC_TEST_
 from __future__ import annotations
 
 import argparse
-import cProfile
 import datetime as dt
-import io
 import json
 import os
-import pstats
-import resource
 import subprocess
 import sys
 import tempfile
@@ -41,6 +37,9 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from limsync.pipeline import Database, Key, Manual, Ref, Schema, upsert
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from measure import cpu_seconds, peak_rss_mb, profiled
 
 bench = Schema("bench")
 
@@ -91,28 +90,6 @@ def sessions(n: int, changed_every: int = 0) -> Iterator[dict[str, Any]]:
         }  # fmt: skip
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def profiled(fn: Any, enabled: bool) -> tuple[Any, str | None]:
-    """Run ``fn``; with ``enabled``, also its top functions by own and by cumulative time."""
-    if not enabled:
-        return fn(), None
-    prof = cProfile.Profile()
-    result = prof.runcall(fn)
-    out = io.StringIO()
-    stats = pstats.Stats(prof, stream=out)
-    stats.sort_stats("tottime").print_stats(25)
-    stats.sort_stats("cumulative").print_stats(30)
-    return result, out.getvalue()
-
-
 def run_limsync(url: str, prefix: str, n: int, phase: str, profile: bool) -> dict[str, Any]:
     db = Database(url, schema_prefix=prefix)
     db.declare(bench)
@@ -125,7 +102,7 @@ def run_limsync(url: str, prefix: str, n: int, phase: str, profile: bool) -> dic
             return upsert(db, conn, Session, sessions(n, changed_every))
 
     cpu, started = cpu_seconds(), time.perf_counter()
-    cs, report = profiled(load, profile)
+    cs, report = profiled(load, profile, own=25, cumulative=30)
     seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     db.dispose()
     return {"seconds": seconds, "cpu": cpu, "counts": cs.counts(), "rss_mb": peak_rss_mb(),

@@ -1,0 +1,40 @@
+"""What every benchmark measures in its child process: peak RSS, CPU time, a cProfile report.
+
+The scripts run as ``python benchmarks/NAME.py``, so this folder is first on ``sys.path`` and
+they import it as ``measure``.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import pstats
+import resource
+from collections.abc import Callable
+from typing import Any
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_seconds() -> float:
+    """CPU time this process has used, user and system (the database server's is not in it)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def profiled(
+    fn: Callable[[], Any], enabled: bool, *, own: int = 20, cumulative: int = 25
+) -> tuple[Any, str | None]:
+    """Run ``fn``; with ``enabled``, also its top functions by own and by cumulative time."""
+    if not enabled:
+        return fn(), None
+    prof = cProfile.Profile()
+    result = prof.runcall(fn)
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out)
+    stats.sort_stats("tottime").print_stats(own)
+    stats.sort_stats("cumulative").print_stats(cumulative)
+    return result, out.getvalue()
