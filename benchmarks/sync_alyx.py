@@ -38,6 +38,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import parse_qs
 
 import sqlalchemy as sa
 from pydantic import BaseModel, Field
@@ -277,6 +278,20 @@ def changed_since_requests(alyx: Any) -> int | None:
     return sum(1 for r in log if r.path.endswith("/sessions") and "auto_datetime__gte" in r.query)
 
 
+def count_requests(alyx: Any) -> int | None:
+    """One-row requests of the session list for its count (a full scan's check that nothing
+    was deleted); None when the server's log no longer holds them all."""
+    log = alyx.request_log
+    if len(log) < alyx.requests:
+        return None
+    return sum(
+        1
+        for r in log
+        if r.path.endswith("/sessions") and parse_qs(r.query).get("limit") == ["1"]
+        and "django" not in parse_qs(r.query)
+    )  # fmt: skip
+
+
 def mutate_one_percent(colony: Any) -> dict[str, int]:
     """Modify 1% of subjects and sessions, and record 1% more weighings."""
     subjects = colony.ids("subject")[::100]
@@ -348,6 +363,7 @@ def bench_alyx(
                     detail_requests=detail,
                     list_requests=alyx.requests - detail - other,
                     changed_requests=changed_since_requests(alyx),
+                    count_requests=count_requests(alyx),
                     other_requests=other,
                     pages=pages,
                 )
@@ -405,10 +421,11 @@ def _print_row(r: dict[str, Any]) -> None:
     c = r["counts"]
     http = ""
     if "requests" in r:
-        changed = r.get("changed_requests")
+        changed, counts = r.get("changed_requests"), r.get("count_requests")
         http = (
             f"{r['requests']:>6}/{r['pages']:<5} (list {r['list_requests']} incl. changed-since "
-            f"{'?' if changed is None else changed}, detail {r['detail_requests']}, "
+            f"{'?' if changed is None else changed} and count {'?' if counts is None else counts}"
+            f", detail {r['detail_requests']}, "
             f"login+schema {r['other_requests']})"
         )
     # CPU seconds of this process (the database server's work is not in them): steadier than

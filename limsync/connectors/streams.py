@@ -148,6 +148,14 @@ class ReadContext:
     """With ``versions``: drop the versions held for these keys once the stream's
     records are stored, so a later read treats them as changed. For a connector that saw
     records change while it read them: the versions it yielded may not be the current ones."""
+    present: Callable[[], int] | None = None
+    """Optional, in a full scan: how many records of this stream the ledger holds as present
+    (for a connector that compares it with the source's own count)."""
+    seen_all: Callable[[], None] | None = None
+    """Optional, in a full scan: the connector vouches that every record the ledger holds as
+    present is still at the source, without listing them (e.g. Alyx sessions, when the
+    server's count is the ledger's plus the new sessions the changed-since query found). The
+    engine then counts them all as seen, and this scan detects no deletes."""
 
 
 def nothing_known(keys: Sequence[Key]) -> set[Key]:

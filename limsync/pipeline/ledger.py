@@ -306,14 +306,18 @@ def states(
     return out
 
 
-def count(conn: sa.Connection, st: StateTables, connector: str, stream: str) -> int:
-    """How many entries (any state) the ledger holds for a stream."""
+def count(
+    conn: sa.Connection, st: StateTables, connector: str, stream: str, state: str | None = None
+) -> int:
+    """How many entries the ledger holds for a stream (in ``state``, or in any)."""
     t = st.ledger
     query = (
         sa.select(sa.func.count())
         .select_from(t)
         .where(t.c.connector == connector, t.c.stream == stream)
     )
+    if state is not None:
+        query = query.where(t.c.state == state)
     return int(conn.execute(query).scalar_one())
 
 

@@ -246,6 +246,13 @@ class SyncEngine:
                 c = dry_conn or stack.enter_context(self.db.engine.connect())
                 return versions.held_since(c, self.st, self.name, name, lower)
 
+        def present() -> int:
+            with contextlib.ExitStack() as stack:
+                c = dry_conn or stack.enter_context(self.db.engine.connect())
+                return ledger.count(c, self.st, self.name, name, "present")
+
+        vouched: list[bool] = []  # set by seen_all: every present entry is still at the source
+
         unheld: list[Key] = []  # versions the connector no longer vouches for
         versioned = stream.cursor is not None and stream.cursor.versions
         if versioned:
@@ -257,6 +264,8 @@ class SyncEngine:
             seen=confirm_seen,
             versions=held_versions if versioned else None,
             unhold=unheld.extend if versioned else None,
+            present=present if full else None,
+            seen_all=(lambda: vouched.append(True)) if full else None,
         )
         pending: list[dict[str, Any]] = []
         for page in self.connector.read(name, ctx):
@@ -283,7 +292,7 @@ class SyncEngine:
         held += self._process(name, stream, pending, sr, run_id, seen, new_cursor, dry_conn)
         if versioned:
             self._hold_versions(name, unheld, dry_conn)
-        if full:
+        if full and not vouched:
             self._detect_gone(name, sr, run_id, seen, held, dry_conn, force_delete)
 
     def _identity(self, stream: Stream) -> Identity:

@@ -3,8 +3,9 @@
 A fake Alyx on 127.0.0.1 serves a colony whose every session lies in the changed-since window
 (a ten-year lookback), synced into SQLite, MariaDB and PostgreSQL. The server's request
 counters say what the connector asked for: an unchanged re-sync must fetch no session detail
-and make one request per list page the data needs (plus the login and the schema), and every
-kind of change inside the window must still be fetched and land.
+and list no session summary (the server's count of sessions agrees with the ledger's), and
+every kind of change inside the window, a deletion and an import with an old stamp must still
+be found and land.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 
@@ -98,7 +100,7 @@ def alyx(colony: Colony) -> Iterator[FakeAlyx]:
         yield server
 
 
-def test_an_unchanged_resync_makes_one_request_per_list_page_and_fetches_no_detail(
+def test_an_unchanged_resync_fetches_no_detail_and_lists_no_session_summary(
     db: Database, db_url: str, schema_prefix: str, colony: Colony, alyx: FakeAlyx
 ) -> None:
     cfg = settings(db_url, schema_prefix, alyx.url)
@@ -117,15 +119,80 @@ def test_an_unchanged_resync_makes_one_request_per_list_page_and_fetches_no_deta
     assert routes[DETAIL] == 0
     sess = sessions_report(second)
     assert (sess.read, sess.new, sess.changed, sess.gone) == (0, 0, 0, 0)
-    # Every session's key was confirmed by the full list, none by a detail.
     assert db.count(ibl.Session) == colony.count("session")
     assert (routes["POST /auth-token"], routes["GET /api/schema"]) == (1, 1)
-    pages = list_pages(colony, PAGE) + slices
-    assert alyx.requests == pages + 2
+    # The server's count matched the ledger's: no session summary was listed, one request
+    # asked for the count, and the rest are the other streams' list pages.
+    session_pages = math.ceil(colony.count("session") / PAGE)
+    assert session_pages > 1
+    assert alyx.requests == list_pages(colony, PAGE) - session_pages + slices + 1 + 2
+    queries = session_lists(alyx)
+    assert [q["limit"] for q in queries if "django" not in q] == [["1"]]
+    assert session_summaries_listed(alyx) == 0
     # The slices leave out held stamps and return nothing: one request each.
     changed = [r for r in alyx.request_log if "auto_datetime__gte" in r.query]
     assert len(changed) == slices
     assert all("~auto_datetime__in" in r.query and r.status == 200 for r in changed)
+
+
+def session_lists(alyx: FakeAlyx) -> list[dict[str, list[str]]]:
+    """The query of every request of the session list since the counters were reset."""
+    return [parse_qs(r.query) for r in alyx.request_log if r.path == "/sessions"]
+
+
+def session_summaries_listed(alyx: FakeAlyx) -> int:
+    """Pages of the whole session list (not the changed-since query, not the count)."""
+    return sum(1 for q in session_lists(alyx) if "django" not in q and q.get("limit") != ["1"])
+
+
+def test_a_deleted_session_makes_the_counts_differ_and_the_whole_list_is_read(
+    db: Database, db_url: str, schema_prefix: str, colony: Colony, alyx: FakeAlyx
+) -> None:
+    cfg = settings(db_url, schema_prefix, alyx.url)
+    run(cfg, db)
+    gone = colony.ids("session")[7]
+    colony.delete_session(gone)
+
+    alyx.reset_counters()
+    report = run(cfg, db)
+
+    assert sessions_report(report).gone == 1
+    assert session_summaries_listed(alyx) == math.ceil(colony.count("session") / PAGE)
+    alyx.reset_counters()
+    # Flagged gone, it is no longer among the ledger's present sessions: the counts agree again.
+    assert sessions_report(run(cfg, db)).gone == 0
+    assert session_summaries_listed(alyx) == 0
+
+
+def test_a_session_imported_with_an_old_stamp_is_found_by_the_whole_list(
+    db: Database, db_url: str, schema_prefix: str, colony: Colony, alyx: FakeAlyx
+) -> None:
+    cfg = settings(db_url, schema_prefix, alyx.url)
+    run(cfg, db)
+    # Stamped long before the changed-since window, as a raw import (loaddata) would keep it.
+    oldest = min(datetime.fromisoformat(s.auto_datetime) for s in colony.table("session").values())
+    colony.now = oldest - timedelta(days=2 * LOOKBACK_DAYS)
+    subject = colony.record("session", colony.ids("session")[0]).subject
+    imported = colony.add_session(subject, narrative="imported")["id"]
+
+    alyx.reset_counters()
+    report = run(cfg, db)
+
+    assert sessions_report(report).new == 1
+    assert narrative(db, imported) == "imported"
+    assert session_summaries_listed(alyx) == math.ceil(colony.count("session") / PAGE)
+
+
+def test_full_session_list_reads_the_whole_list_every_time(
+    db: Database, db_url: str, schema_prefix: str, colony: Colony, alyx: FakeAlyx
+) -> None:
+    cfg = settings(db_url, schema_prefix, alyx.url)
+    cfg.connectors["alyx"]["full_session_list"] = True
+    run(cfg, db)
+    alyx.reset_counters()
+    report = run(cfg, db)
+    assert (sessions_report(report).read, alyx.requests_by_route[DETAIL]) == (0, 0)
+    assert session_summaries_listed(alyx) == math.ceil(colony.count("session") / PAGE)
 
 
 def test_every_change_in_the_window_is_fetched_and_lands(

@@ -118,9 +118,13 @@ class AlyxSettings(ConnectorSettings):
     session records are summaries, which carry no ``auto_datetime``: the cursor cannot advance
     and every run lists all sessions (still cheap: the list is small per session)."""
     detail_workers: int = Field(4, ge=1, le=16)
+    """Concurrent session-detail requests (they share the rate limit)."""
+    full_session_list: bool = False
+    """In a full scan, read the whole session list every time. By default it is read only when
+    the server's count of sessions is not the ledger's present sessions plus the new ones the
+    changed-since query found (a deletion, or a session imported with an old stamp)."""
     per_lab_scans: bool = True
     """Read nickname-keyed streams lab by lab so duplicate nicknames stay unambiguous."""
-    """Concurrent session-detail requests (they share the rate limit)."""
 
     @field_validator("base_url")
     @classmethod

@@ -9,7 +9,7 @@ fetch (see :meth:`SessionReader.read`), and leaves out sessions of the lookback 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -39,10 +39,15 @@ class SessionReader:
         * Incremental with a cursor: only the sessions listed by the changed-since query
           (``?django=auto_datetime__gte,<cursor - lookback>``, less the sessions whose
           ``auto_datetime`` is held), each fetched in detail.
-        * Full scan: the whole list, with details fetched only for sessions the ledger does not
-          know (``ctx.known``) or that the changed-since query returned; the others are
-          reported through ``ctx.seen`` so the engine counts them as present. Without
-          ``ctx.seen``, or without a cursor, every session is fetched in detail.
+        * Full scan: first the changed-since query, then the server's count of sessions (one
+          request). When that count is the ledger's present sessions plus the new ones the
+          query found, nothing was deleted and nothing new was missed: only the query's
+          sessions are fetched, and ``ctx.seen_all`` tells the engine the others are still
+          there (see :meth:`_nothing_missed`). Otherwise, the whole list, with details fetched
+          only for sessions the ledger does not know (``ctx.known``) or that the query
+          returned; the others are reported through ``ctx.seen`` so the engine counts them as
+          present. Without ``ctx.seen``, or without a cursor, every session is fetched in
+          detail.
         * Sessions the changed query returned but the list paging missed (rows shift while
           paging) are fetched at the end.
         * Last, the details just read are checked to be current (:meth:`_settle`).
@@ -154,6 +159,14 @@ class SessionReader:
                     key = self.conn._key(decl, summary)
                     if key is not None:
                         changed[key] = summary
+        if since is not None and changed is not None and self._nothing_missed(changed, ctx):
+            details = self._details(list(changed.values()), pool)
+            self._verify_changed(details, since)
+            if details:
+                yield details
+            assert ctx.seen_all is not None  # checked by _nothing_missed
+            ctx.seen_all()
+            return
         done: set[Key] = set()
         for page in self.conn.list_pages("sessions"):
             if not self.conn.settings.session_details:
@@ -181,6 +194,36 @@ class SessionReader:
                 self._verify_changed(details, since)
             if details:
                 yield details
+
+    def _nothing_missed(self, changed: Mapping[Key, Record], ctx: ReadContext) -> bool:
+        """True when the changed-since query found everything a full list would.
+
+        ``auto_datetime`` is ``auto_now``: a session created or changed since the last read
+        has a stamp inside the window, so the query lists it (less the versions held, which
+        are the ones stored). What only the full list can find is a deleted session, or one
+        created with an old stamp (a raw SQL import). Either changes the server's count
+        against the ledger's present sessions plus the query's new ones; a deletion and such
+        an import exactly cancelling out would go unseen until the next full scan whose
+        counts differ. A session created or deleted while this runs makes the counts differ
+        too, and the whole list is read as before.
+        """
+        if ctx.present is None or ctx.seen_all is None or self.conn.settings.full_session_list:
+            return False
+        total = self._server_count()
+        if total is None:
+            return False
+        known = ctx.known(list(changed)) if changed else set()
+        return total == ctx.present() + sum(1 for key in changed if key not in known)
+
+    def _server_count(self) -> int | None:
+        """How many sessions the list holds (its ``count``, read off a one-row page)."""
+        params = {**self.conn.stream("sessions").params, "limit": 1}
+        try:
+            body = self.conn.get(self.conn.url("sessions"), params).json()
+        except ValueError:
+            return None  # not JSON: the full list will say what is wrong
+        count = body.get("count") if isinstance(body, dict) else None
+        return count if isinstance(count, int) and not isinstance(count, bool) else None
 
     def _settle(
         self,
