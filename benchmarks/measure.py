@@ -15,7 +15,19 @@ from typing import Any
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MB (Linux reports kilobytes)."""
+    """This process's peak resident memory so far, in MB.
+
+    Linux's ``VmHWM`` where there is one: ``ru_maxrss`` survives ``exec``, so a child started
+    by a parent holding a large fake colony reported the parent's size at the fork as its own
+    (256 MB "before the sync" at scale 1). Elsewhere ``ru_maxrss`` (kilobytes on Linux).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
