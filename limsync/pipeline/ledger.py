@@ -19,6 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from limsync.pipeline.literals import literal
 from limsync.pipeline.state import StateTables, utcnow
 
 CHUNK = 1000
@@ -302,9 +303,9 @@ def states(
 ) -> dict[str, tuple[str, str]]:
     """``key -> (content_hash, state)`` for those of ``keys`` the ledger holds.
 
-    What tells an unchanged record, for every record of every sync: read through the driver's
-    own cursor (plain tuples, no result objects), one query per 1,000 keys, on the caller's
-    connection (so a dry run sees its own writes).
+    Read through the driver's own cursor (plain tuples, no result objects), one query per
+    1,000 keys, on the caller's connection (so a dry run sees its own writes). To tell
+    unchanged records, :func:`mismatches` is cheaper: it returns only the keys that differ.
     """
     out: dict[str, tuple[str, str]] = {}
     cursor = conn.connection.cursor()
@@ -407,9 +408,9 @@ def _mismatch_sql_mysql(
         rows = [f"{i},'{k}','{h}'" for i, k, h in zip(range(len(part)), keys, hashes, strict=True)]
         c, s = f"'{_mysql_text(connector)}'", f"'{_mysql_text(stream)}'"
     else:
-        # Hex literals mean the same text whatever the sql_mode and the connection's
-        # character set (see limsync.pipeline.literals).
-        text = _hex_text
+        # Hex literals (_utf8mb4 x'...') mean the same text whatever the sql_mode and the
+        # connection's character set.
+        text = literal
         rows = [f"{i},{text(k)},{text(h)}" for i, (k, h) in enumerate(part)]
         c, s = text(connector), text(stream)
     mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
@@ -431,10 +432,6 @@ def _mismatch_sql_mysql(
         "WHERE l.source_key IS NULL OR CAST(l.state AS BINARY) <> 'present' "
         "OR CAST(l.content_hash AS BINARY) <> CAST(v.h AS BINARY)"
     )
-
-
-def _hex_text(value: str) -> str:
-    return "_utf8mb4 x'" + value.encode("utf-8", "surrogatepass").hex() + "'"
 
 
 def _mismatch_rows_mysql(

@@ -331,8 +331,9 @@ class SyncEngine:
             else:
                 seen.add(digest)
                 first.append(i)
-        # Each key text with the hash of its first record in the batch: for a record of
-        # ``first`` that is its own hash (a key this scan read before has no record there).
+        # Each key text with the hash of its first record in the batch (reversed, so that the
+        # first record's hash is the one the dict keeps). A record of ``first`` is the first of
+        # its key in the batch, so the hash asked about is its own.
         asked = dict(zip(reversed(texts), reversed(hashes), strict=True))
         with contextlib.ExitStack() as stack:
             conn = dry_conn or stack.enter_context(self.db.engine.connect())
