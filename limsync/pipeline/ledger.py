@@ -19,6 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from limsync.pipeline.literals import literal
 from limsync.pipeline.state import StateTables, utcnow
 
 CHUNK = 1000
@@ -114,6 +115,27 @@ def _mysql_text(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'").replace("\0", "\\0")
 
 
+def _backslash_escapes(conn: sa.Connection, charset: str) -> bool:
+    """Whether :func:`_mysql_text` gives exact literals on this MySQL connection: the server
+    reads backslash escapes (no NO_BACKSLASH_ESCAPES) and the connection's character set
+    starts with ``charset``."""
+    dbapi = conn.connection.dbapi_connection
+    status = getattr(dbapi, "server_status", None)
+    if not isinstance(status, int) or status & _NO_BACKSLASH_ESCAPES:
+        return False
+    # In UTF-8 no character's bytes contain a backslash or a quote (unlike GBK or SJIS).
+    return str(getattr(dbapi, "charset", "")).startswith(charset)
+
+
+def _mysql_texts(values: Sequence[str]) -> list[str]:
+    """:func:`_mysql_text` of many values: one escape of their join, split again (three C loops
+    over the batch instead of three calls per value), unless a value holds the separator."""
+    joined = "\x01".join(values)
+    if joined.count("\x01") != len(values) - 1:
+        return [_mysql_text(v) for v in values]
+    return _mysql_text(joined).split("\x01")
+
+
 def _insert_literal_rows(
     conn: sa.Connection, head: str, constants: list[str], rows: list[tuple[Any, ...]]
 ) -> bool:
@@ -125,14 +147,7 @@ def _insert_literal_rows(
     per-value ``escape`` (type dispatch, encoder lookup, quoting: several Python calls) was a
     third of these inserts' client time; :func:`_mysql_text` gives an equivalent literal.
     """
-    dbapi = conn.connection.dbapi_connection
-    status = getattr(dbapi, "server_status", None)
-    if not isinstance(status, int) or status & _NO_BACKSLASH_ESCAPES:
-        return False
-    # In UTF-8 no character's bytes contain a backslash or a quote (unlike GBK or SJIS).
-    if not str(getattr(dbapi, "charset", "")).startswith("utf8"):
-        return False
-    if not all(type(v) is str for row in rows for v in row):
+    if not _backslash_escapes(conn, "utf8") or not all(type(v) is str for row in rows for v in row):
         return False
     tail = "".join(f",{c}" for c in constants) + ")"
     esc = _mysql_text
@@ -288,9 +303,9 @@ def states(
 ) -> dict[str, tuple[str, str]]:
     """``key -> (content_hash, state)`` for those of ``keys`` the ledger holds.
 
-    What tells an unchanged record, for every record of every sync: read through the driver's
-    own cursor (plain tuples, no result objects), one query per 1,000 keys, on the caller's
-    connection (so a dry run sees its own writes).
+    Read through the driver's own cursor (plain tuples, no result objects), one query per
+    1,000 keys, on the caller's connection (so a dry run sees its own writes). To tell
+    unchanged records, :func:`mismatches` is cheaper: it returns only the keys that differ.
     """
     out: dict[str, tuple[str, str]] = {}
     cursor = conn.connection.cursor()
@@ -304,6 +319,137 @@ def states(
     finally:
         cursor.close()
     return out
+
+
+def mismatches(
+    conn: sa.Connection,
+    st: StateTables,
+    connector: str,
+    stream: str,
+    hashes: Mapping[str, str],
+) -> dict[str, tuple[str, str] | None]:
+    """The keys of ``hashes`` (key text -> content hash) whose ledger entry is not ``present``
+    with that hash: ``key -> (content_hash, state)`` as the ledger holds it, or ``None`` for a
+    key it does not hold. Every key left out is held, ``present``, with the hash given.
+
+    What tells an unchanged record, for every record of every sync: the database compares the
+    hashes, so a batch of unchanged records (most of a re-sync) returns nothing, where
+    :func:`states` would send back a row per record (which PyMySQL decodes in Python, ~7 us
+    each). One query per 1,000 keys, on the caller's connection (so a dry run sees its own
+    writes).
+    """
+    out: dict[str, tuple[str, str] | None] = {}
+    if not hashes:
+        return out
+    pairs = list(hashes.items())
+    cursor = conn.connection.cursor()
+    try:
+        for start in range(0, len(pairs), CHUNK):
+            part = pairs[start : start + CHUNK]
+            if conn.dialect.name == "mysql":
+                cursor.execute(_mismatch_sql_mysql(conn, st, connector, stream, part))
+                out.update(_mismatch_rows_mysql(cursor.fetchone(), part))
+                continue
+            sql, params = _mismatch_sql(conn, st, connector, stream, part)
+            cursor.execute(sql, params)
+            for k, h, s in cursor.fetchall():
+                out[k] = None if s is None else (h, s)
+    finally:
+        cursor.close()
+    return out
+
+
+def _mismatch_sql(
+    conn: sa.Connection, st: StateTables, connector: str, stream: str, part: list[tuple[str, str]]
+) -> tuple[str, tuple[Any, ...]]:
+    """SQLite and PostgreSQL: the batch's (key, hash) pairs left-joined with the ledger by key,
+    returning (key, stored hash, state) of the pairs that do not match, state NULL if absent."""
+    table = _name(conn, st.ledger)
+    where = "l.source_key IS NULL OR l.state <> 'present' OR"
+    if conn.dialect.name == "postgresql":
+        # Two binary array parameters however many keys (as the upsert's diff): parsing a
+        # statement of 2,000 placeholders would cost more than the comparison. LATERAL with
+        # LIMIT 1 (the key is unique) keeps the planner from flattening the lookup into a join
+        # planned from statistics: a ledger loaded moments ago looks empty to it, and it would
+        # hash the stream's whole ledger for every batch (~10x slower at 100,000 entries).
+        sql = (
+            "SELECT v.k, l.content_hash, l.state "  # noqa: S608 (quoted)
+            "FROM unnest(CAST(%b AS TEXT[]), CAST(%b AS TEXT[])) AS v(k, h) "
+            "LEFT JOIN LATERAL (SELECT l.source_key, l.content_hash, l.state "
+            f"FROM {table} AS l WHERE l.connector = %s AND l.stream = %s "
+            "AND l.source_key = v.k LIMIT 1) AS l ON true "
+            f"WHERE {where} l.content_hash IS DISTINCT FROM v.h"
+        )
+        return sql, ([k for k, _ in part], [h for _, h in part], connector, stream)
+    sql = (
+        f"WITH v(k, h) AS (VALUES {', '.join(['(?, ?)'] * len(part))}) "  # noqa: S608 (quoted)
+        f"SELECT v.k, l.content_hash, l.state FROM v LEFT JOIN {table} AS l "
+        "ON l.connector = ? AND l.stream = ? AND l.source_key = v.k "
+        f"WHERE {where} l.content_hash IS NOT v.h"
+    )
+    return sql, (*chain.from_iterable(part), connector, stream)
+
+
+# group_concat_max_len for the MySQL comparison's one-row answer: 1,000 keys' items take
+# ~90 KB at most, above MySQL's default of 1,024 bytes.
+_CONCAT_MAX = 1 << 20
+
+
+def _mismatch_sql_mysql(
+    conn: sa.Connection, st: StateTables, connector: str, stream: str, part: list[tuple[str, str]]
+) -> str:
+    """MySQL: the pairs as a literal ``VALUES`` table (PyMySQL would escape each parameter in
+    Python) left-joined with the ledger, answering one row: how many pairs do not match and
+    ``i[,hex(hash),hex(state)]`` of each (only ``i`` when absent), as the upsert's diff does.
+    """
+    if _backslash_escapes(conn, "utf8mb4"):
+        keys = _mysql_texts([k for k, _ in part])
+        hashes = _mysql_texts([h for _, h in part])
+        rows = [f"{i},'{k}','{h}'" for i, k, h in zip(range(len(part)), keys, hashes, strict=True)]
+        c, s = f"'{_mysql_text(connector)}'", f"'{_mysql_text(stream)}'"
+    else:
+        # Hex literals (_utf8mb4 x'...') mean the same text whatever the sql_mode and the
+        # connection's character set.
+        text = literal
+        rows = [f"{i},{text(k)},{text(h)}" for i, (k, h) in enumerate(part)]
+        c, s = text(connector), text(stream)
+    mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
+    # MySQL 8 writes a VALUES table's rows as ROW(...), MariaDB as (...).
+    row = "(" if mariadb else "ROW("
+    values = row + f"), {row}".join(rows) + ")"
+    limit = f"SET STATEMENT group_concat_max_len = {_CONCAT_MAX} FOR " if mariadb else ""
+    hint = "" if mariadb else f"/*+ SET_VAR(group_concat_max_len = {_CONCAT_MAX}) */ "
+    # Compared as bytes: the ledger's utf8mb4_bin collation pads with spaces (and a ledger
+    # created in another schema's collation may ignore case), so "k " would match "k". The
+    # plain equality before it is what the primary key's index serves. Hash and state travel
+    # in hex, so that no stored text can be taken for a separator.
+    return (
+        f"{limit}WITH v(i, k, h) AS (VALUES {values}) "  # noqa: S608 (escaped above)
+        f"SELECT {hint}COUNT(*), GROUP_CONCAT(CONCAT_WS(',', v.i, HEX(l.content_hash), "
+        f"HEX(l.state)) SEPARATOR ' ') FROM v LEFT JOIN {_name(conn, st.ledger)} AS l "
+        f"ON l.connector = {c} AND l.stream = {s} AND l.source_key = v.k "
+        "AND CAST(l.source_key AS BINARY) = CAST(v.k AS BINARY) "
+        "WHERE l.source_key IS NULL OR CAST(l.state AS BINARY) <> 'present' "
+        "OR CAST(l.content_hash AS BINARY) <> CAST(v.h AS BINARY)"
+    )
+
+
+def _mismatch_rows_mysql(
+    answer: tuple[Any, ...] | None, part: list[tuple[str, str]]
+) -> Iterator[tuple[str, tuple[str, str] | None]]:
+    count, text = answer if answer is not None else (0, None)
+    items = text.split(" ") if text else []
+    # GROUP_CONCAT cuts its answer at group_concat_max_len (with a warning only).
+    if len(items) != count:
+        raise RuntimeError(f"ledger comparison: {count} keys differ, {len(items)} read")
+    for item in items:
+        i, *stored = item.split(",")
+        key = part[int(i)][0]
+        if not stored:
+            yield key, None
+        else:
+            h, s = stored
+            yield key, (bytes.fromhex(h).decode(), bytes.fromhex(s).decode())
 
 
 def count(

@@ -340,28 +340,40 @@ class SyncEngine:
             else:
                 seen.add(digest)
                 first.append(i)
+        # Each key text with the hash of its first record in the batch (reversed, so that the
+        # first record's hash is the one the dict keeps). A record of ``first`` is the first of
+        # its key in the batch, so the hash asked about is its own.
+        asked = dict(zip(reversed(texts), reversed(hashes), strict=True))
         with contextlib.ExitStack() as stack:
             conn = dry_conn or stack.enter_context(self.db.engine.connect())
-            found = ledger.states(conn, self.st, self.name, name, list(dict.fromkeys(texts)))
+            # Only the keys not held as present with that hash come back (none, for a batch
+            # of unchanged records): every other key is present with the hash asked about.
+            odd = ledger.mismatches(conn, self.st, self.name, name, asked)
             found_first = 0
             todo: list[Item] = []
             kept: list[int] = []  # unchanged: their source versions are held all the same
             for i in first:
-                old = found.get(texts[i])
-                if old is None:
-                    todo.append(Item(keys[i], texts[i], valid[i][0], records[i], hashes[i]))
-                    continue
-                found_first += 1
-                if old[1] == "present" and old[0] == hashes[i]:
+                if texts[i] not in odd:
+                    found_first += 1
                     kept.append(i)
                     continue  # unchanged: nothing is written (most records of a re-sync)
+                old = odd[texts[i]]
                 item = Item(keys[i], texts[i], valid[i][0], records[i], hashes[i])
-                item.old = ledger.LedgerEntry(old[0], old[1], None)
+                if old is not None:
+                    found_first += 1
+                    item.old = ledger.LedgerEntry(old[0], old[1], None)
                 todo.append(item)
             sr.unchanged += len(kept)
             if again:
                 dupes = [Item(keys[i], texts[i], valid[i][0], records[i], hashes[i]) for i in again]
                 batch = {texts[i]: hashes[i] for i in first}
+                # The ledger's (hash, state) of the duplicates' keys, as the ledger holds them.
+                found: dict[str, tuple[str, str]] = {}
+                for d in dupes:
+                    if d.ktext not in odd:
+                        found[d.ktext] = (asked[d.ktext], "present")
+                    elif (entry := odd[d.ktext]) is not None:
+                        found[d.ktext] = entry
                 self._duplicates(dupes, batch, found, sr, quarantined)
             # What changed records produced before (to delete rows they no longer produce):
             # read for those few only, not for every record of the batch.
@@ -383,9 +395,13 @@ class SyncEngine:
                 continue
             mapped.append(item)
         flat = [(item, spec, row) for item in mapped for spec, row in item.rows]
-        with contextlib.ExitStack() as stack:
-            conn = dry_conn or stack.enter_context(self.db.engine.connect())
-            problems = resolve_lookups(self.db, conn, [(spec, row) for _, spec, row in flat])
+        problems: dict[int, str] = {}
+        # No rows, nothing to look up (an unchanged batch): a checkout costs round trips (the
+        # pool's ping and its rollback on return), ~0.2 ms each on MySQL.
+        if flat:
+            with contextlib.ExitStack() as stack:
+                conn = dry_conn or stack.enter_context(self.db.engine.connect())
+                problems = resolve_lookups(self.db, conn, [(spec, row) for _, spec, row in flat])
         unresolved = {id(flat[i][0]): msg for i, msg in problems.items()}
         ready: list[Item] = []
         for item in mapped:

@@ -101,9 +101,102 @@ def test_states_and_count(db: Database) -> None:
     assert found[keys[2499]] == (f"{2499:032x}", "present")
 
 
+def _ledger_of(db: Database, keys: list[str]) -> state.StateTables:
+    """A ledger holding ``keys`` (key i with hash ``{i:032x}``), the first two gone, and an
+    entry of another stream with the same key as the first."""
+    st = state.ensure(db)
+    with db.transaction() as conn:
+        entries = [(k, f"{i:032x}", [("t.x", (i,))]) for i, k in enumerate(keys)]
+        ledger.record(conn, st, "c", "s", entries, 1, set())
+        ledger.record(conn, st, "c", "other", [(keys[2], "f" * 32, [])], 1, set())
+        ledger.mark(conn, st, "c", "s", keys[:2], "gone", 2)
+    return st
+
+
+def test_mismatches_answer_only_keys_not_present_with_that_hash(db: Database) -> None:
+    """Absent, gone or differing keys come back with what the ledger holds; the others not."""
+    keys = [f'["k{i}"]' for i in range(2500)]  # three chunks of 1,000
+    st = _ledger_of(db, keys)
+    asked = {k: f"{i:032x}" for i, k in enumerate(keys)}
+    asked[keys[0]] = "e" * 32  # gone, and a different hash
+    asked[keys[1001]] = "e" * 32  # present, a different hash
+    asked[keys[2499]] = f"{2499:031x}"  # a prefix of the stored hash is not the hash
+    asked['["missing"]'] = "a" * 32
+    with db.engine.connect() as conn:
+        odd = ledger.mismatches(conn, st, "c", "s", asked)
+        # Keys of another stream are not this stream's; none asked, none answered.
+        other = ledger.mismatches(conn, st, "c", "other", {keys[2]: f"{2:032x}"})
+        assert ledger.mismatches(conn, st, "c", "s", {}) == {}
+    assert odd == {
+        keys[0]: (f"{0:032x}", "gone"),
+        keys[1]: (f"{1:032x}", "gone"),  # gone with the same hash: not present
+        keys[1001]: (f"{1001:032x}", "present"),
+        keys[2499]: (f"{2499:032x}", "present"),
+        '["missing"]': None,
+    }
+    assert other == {keys[2]: ("f" * 32, "present")}
+
+
+def test_mismatches_of_an_unchanged_chunk_transfer_no_row_per_key(
+    db: Database, backend: str
+) -> None:
+    """What makes a re-sync cheap: an unchanged chunk answers one row on MySQL, none elsewhere."""
+    keys = [f'["k{i}"]' for i in range(1000)]
+    st = _ledger_of(db, keys)
+    part = [(k, f"{i:032x}") for i, k in enumerate(keys)][2:]
+    with db.engine.connect() as conn:
+        cursor = conn.connection.cursor()
+        if backend == "mysql":
+            cursor.execute(ledger._mismatch_sql_mysql(conn, st, "c", "s", part))
+            assert cursor.fetchall() == ((0, None),)
+        else:
+            cursor.execute(*ledger._mismatch_sql(conn, st, "c", "s", part))
+            assert cursor.fetchall() == []
+        cursor.close()
+
+
+def test_mismatches_use_the_ledger_key(db: Database, backend: str) -> None:
+    """The comparison looks each key up by the primary key's index, whatever the statistics
+    say: a ledger loaded moments ago must not be scanned for every batch."""
+    keys = [f'["k{i}"]' for i in range(1000)]
+    st = _ledger_of(db, keys)
+    part = [(k, f"{i:032x}") for i, k in enumerate(keys)]
+    with db.engine.connect() as conn:
+        cursor = conn.connection.cursor()
+        if backend == "mysql":
+            sql = ledger._mismatch_sql_mysql(conn, st, "c", "s", part)
+            cursor.execute("EXPLAIN " + sql[sql.index("WITH") :])
+            plan = {row[2]: (row[3], row[5]) for row in cursor.fetchall()}
+            assert plan["l"] == ("eq_ref", "PRIMARY")
+        elif backend == "postgres":
+            sql, params = ledger._mismatch_sql(conn, st, "c", "s", part)
+            cursor.execute("EXPLAIN " + sql, params)
+            plan = "\n".join(r[0] for r in cursor.fetchall())
+            assert "Index Scan" in plan and "_pkey" in plan and "Hash" not in plan, plan
+        else:
+            sql, params = ledger._mismatch_sql(conn, st, "c", "s", part)
+            cursor.execute("EXPLAIN QUERY PLAN " + sql, params)
+            plan = "\n".join(str(r[-1]) for r in cursor.fetchall())
+            assert "SEARCH l USING INDEX sqlite_autoindex" in plan, plan
+        cursor.close()
+
+
+def test_mismatches_answer_cut_short_is_an_error() -> None:
+    """GROUP_CONCAT stops at group_concat_max_len with a warning only: a list shorter than its
+    count must never pass for "the rest is unchanged"."""
+    part = [('["a"]', "0" * 32), ('["b"]', "1" * 32)]
+    answer = f"1,{('ab' * 16).encode().hex()},{b'gone'.hex()} 0"
+    assert dict(ledger._mismatch_rows_mysql((2, answer), part)) == {
+        '["b"]': ("ab" * 16, "gone"),
+        '["a"]': None,
+    }
+    with pytest.raises(RuntimeError, match="2 keys differ, 1 read"):
+        dict(ledger._mismatch_rows_mysql((2, "0"), part))
+
+
 # Every character a SQL literal must escape (quotes, backslashes, NUL, Ctrl-Z, line ends), a
-# driver's parameter marker and text beyond ASCII.
-AWKWARD = ["o'b\"r\\i\0e\032n\r\n", "100% %s %%", "é 中 \u2028", "'", "\\", ""]
+# driver's parameter marker, text beyond ASCII, and the separator of the batched escape.
+AWKWARD = ["o'b\"r\\i\0e\032n\r\n", "100% %s %%", "é 中 \u2028 😀", "'", "\\", "", "a\x01b"]
 
 
 def awkward(backend: str) -> list[str]:
@@ -127,6 +220,21 @@ def _entries_and_outbox(
     return entries, [r[0] for r in rows]
 
 
+def _check_mismatches(db: Database, keys: list[str]) -> None:
+    """The comparison of ``keys`` as :func:`_entries_and_outbox` recorded them: equal hashes
+    match, a changed hash returns the stored one, a key changed by one character is absent."""
+    st = state.ensure(db)
+    same = {k: f"{i:032x}" for i, k in enumerate(keys)}
+    changed = {k: "f" * 32 for k in keys}
+    edited = {k + "~": h for k, h in same.items()}
+    with db.engine.connect() as conn:
+        assert ledger.mismatches(conn, st, "c", "s", same) == {}
+        assert ledger.mismatches(conn, st, "c", "s", changed) == {
+            k: (h, "present") for k, h in same.items()
+        }
+        assert ledger.mismatches(conn, st, "c", "s", edited) == dict.fromkeys(edited)
+
+
 def test_ledger_and_outbox_keep_every_character(db: Database, backend: str) -> None:
     """Entries and outbox rows come back exactly as written, whatever their text holds."""
     keys = awkward(backend)
@@ -136,6 +244,7 @@ def test_ledger_and_outbox_keep_every_character(db: Database, backend: str) -> N
         assert entries[k].content_hash == f"{i:032x}"
         assert entries[k].targets == [(k, [k, i])]
     assert outbox == [key_text((k,)) for k in keys]
+    _check_mismatches(db, keys)
 
 
 def test_ledger_without_backslash_escapes(db: Database, backend: str) -> None:
@@ -154,3 +263,4 @@ def test_ledger_without_backslash_escapes(db: Database, backend: str) -> None:
     expected = {k: [(k, [k, i])] for i, k in enumerate(AWKWARD)}
     assert {k: e.targets for k, e in entries.items()} == expected
     assert outbox == [key_text((k,)) for k in AWKWARD]
+    _check_mismatches(db, AWKWARD)

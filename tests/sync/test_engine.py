@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from limsync.connectors.base import Cursor, Stream, Streams, StreamSettings
-from limsync.pipeline import Database, Key, Lookup, Manual, Ref, Schema, state
+from limsync.pipeline import Database, Key, Lookup, Manual, Ref, Schema, ledger, state
 from limsync.pipeline.locks import writer_lock
 from limsync.sync.engine import SyncEngine
 from limsync.sync.mapping import Emitted, Mapper, StreamMap
@@ -296,3 +296,55 @@ def test_ambiguous_lookup_is_quarantined(db: Database) -> None:
 
     errors = {i["error"] for i in admin.quarantine_list(db, "mem", "weights")}
     assert any("ambiguous" in e for e in errors)
+
+
+def test_unchanged_resync_reads_no_ledger_entry(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unchanged re-sync asks the ledger only which keys are not present with their hash,
+    and the answer is empty: no record's entry travels from the database."""
+    data = dataset()
+    assert make_engine(db, data).run().ok
+    answers: list[tuple[int, dict[str, Any]]] = []
+    compare = ledger.mismatches
+
+    def spy(*args: Any) -> dict[str, Any]:
+        out = compare(*args)
+        answers.append((len(args[4]), out))
+        return out
+
+    def per_record_read(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("an unchanged re-sync read ledger entries record by record")
+
+    monkeypatch.setattr(ledger, "mismatches", spy)
+    monkeypatch.setattr(ledger, "states", per_record_read)
+    monkeypatch.setattr(ledger, "lookup", per_record_read)
+    second = make_engine(db, data).run()
+    assert totals(second) == {
+        "new": 0, "changed": 0, "unchanged": 14, "quarantined": 0, "inserted": 0, "updated": 0,
+    }  # fmt: skip
+    assert sum(n for n, _ in answers) == 14  # every key was asked about, in batches of 5
+    assert len(answers) >= 3 and all(out == {} for _, out in answers)
+
+
+def test_duplicate_keys_on_first_sync_and_resync(db: Database) -> None:
+    """A key read twice in one scan: counted when its content is the same, quarantined when it
+    differs, whether the first one is in the same batch or an earlier one, new or unchanged."""
+    data = dataset()
+    m4, m5 = (str(uuid.UUID(int=i)) for i in (4, 5))
+    mice = data["mice"]
+    data["mice"] = [
+        *mice,
+        {"id": m4, "nickname": "m4", "lab": "cortex"},
+        dict(mice[0]),  # M1 again, the same, in the first batch of five
+        {"id": m5, "nickname": "m5", "lab": "cortex"},
+        {**mice[1], "nickname": "m2b"},  # M2 again, different, in the second batch
+        dict(mice[2]),  # M3 again, the same, in the second batch
+    ]
+    for run in range(2):
+        report = make_engine(db, data).run()
+        mice_report = next(s for s in report.streams if s.stream == "mice")
+        assert (mice_report.duplicates, mice_report.quarantined) == (2, 1), run
+        assert mice_report.new + mice_report.unchanged == 5, run
+        assert (mice_report.new, mice_report.changed) == ((5, 0) if run == 0 else (0, 0)), run
+        assert db.count(Mouse) == 5
