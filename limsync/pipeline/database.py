@@ -83,6 +83,12 @@ class Database:
     def __repr__(self) -> str:
         return f"Database({safe_url(self.url)!r})"
 
+    @property
+    def is_mariadb(self) -> bool:
+        """True on MariaDB (known once a connection was made), where some SQL differs from
+        MySQL 8's: a VALUES table's rows are ``(...)``, not ``ROW(...)``."""
+        return bool(getattr(self.engine.dialect, "is_mariadb", False))
+
     # -- names ------------------------------------------------------------------------------------
 
     def physical_schema(self, logical: str) -> str:

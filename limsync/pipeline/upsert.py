@@ -317,7 +317,9 @@ def _diff(
     rows = [enc for _, _, enc in part]
     try:
         if literals is not None:
-            values = ", ".join(f"({i}, {text})" for i, text in enumerate(literals))
+            # A VALUES table's rows: (...) on MariaDB, ROW(...) on MySQL 8.
+            row = "(" if db.is_mariadb else "ROW("
+            values = ", ".join(f"{row}{i}, {text})" for i, text in enumerate(literals))
             sql = diff_sql(db, spec, 0, check) + values + diff_tail(db, spec, check)
             count, text = conn.exec_driver_sql(_no_params(sql)).one()
             found = [tuple(map(int, item.split(","))) for item in (text or "").split()]

@@ -177,7 +177,7 @@ def _build_diff(db: Database, spec: TableSpec, n: int, check_parents: bool) -> s
         values = ", ".join(f"({i}, {row})" for i in range(n))
         cte = f"WITH v({q(INDEX)}, {names}) AS (VALUES {values}) "
         return cte + _diff_query(db, spec, check_parents)
-    limit = f"SET STATEMENT group_concat_max_len = {CONCAT_MAX} FOR " if _is_mariadb(db) else ""
+    limit = f"SET STATEMENT group_concat_max_len = {CONCAT_MAX} FOR " if db.is_mariadb else ""
     return f"{limit}WITH v({q(INDEX)}, {names}) AS (VALUES "
 
 
@@ -194,7 +194,7 @@ def _diff_query(db: Database, spec: TableSpec, check_parents: bool, source: str 
         # One row, "i,new,missing... i,new,..." instead of a row per new or changed row:
         # PyMySQL decodes rows in Python, ~5 us each, which a first load pays for every row.
         # COUNT(*) lets the caller check that the list was not cut at group_concat_max_len.
-        hint = "" if _is_mariadb(db) else f"/*+ SET_VAR(group_concat_max_len = {CONCAT_MAX}) */ "
+        hint = "" if db.is_mariadb else f"/*+ SET_VAR(group_concat_max_len = {CONCAT_MAX}) */ "
         items = f"{hint}COUNT(*), GROUP_CONCAT(CONCAT_WS(',', {items}) SEPARATOR ' ')"
     where = f"t.{q(keys[0])} IS NULL"
     if others:
@@ -203,10 +203,6 @@ def _diff_query(db: Database, spec: TableSpec, check_parents: bool, source: str 
         f"{') ' if db.dialect == 'mysql' else ''}SELECT {items} FROM {source} "  # noqa: S608
         f"LEFT JOIN {db.qualified(spec)} AS t ON {on} WHERE {where}"
     )
-
-
-def _is_mariadb(db: Database) -> bool:
-    return bool(getattr(db.engine.dialect, "is_mariadb", False))
 
 
 def _differs(db: Database, spec: TableSpec, column: str) -> str:
