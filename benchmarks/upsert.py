@@ -238,7 +238,7 @@ def main() -> None:
         url_ours, url_raw = urls[backend]("ours"), urls[backend]("raw")
         prefix, raw_prefix = f"bu{os.getpid()}_", f"br{os.getpid()}_"
         try:
-            raw = measure(url_raw, raw_prefix, args.rows, "raw", [])
+            raw = measure(url_raw, raw_prefix, args.rows, "raw", [], args.memory_keys)
             results = [("raw", raw)]
             for phase in ("first", "unchanged", "changed"):
                 results.append(
