@@ -273,6 +273,54 @@ def _dump_key(key: Key) -> bytes:
     return marshal.dumps(("".join(tags), *values))
 
 
+def _dumper(keys: list[Key]) -> Callable[[Key], bytes]:
+    """:func:`_dump_key`, specialised for keys whose columns each hold values of one type.
+
+    Keys of one table nearly always are (validated values), and then each key costs a tuple
+    and one marshal call instead of a type test per value.
+    """
+    if not keys or len({len(k) for k in keys}) != 1:
+        return _dump_key
+    tags: list[str] = []
+    convert: list[Callable[[Any], Any] | None] = []
+    for column in zip(*keys, strict=True):
+        classes = {v.__class__ for v in column}
+        cls = classes.pop() if len(classes) == 1 else None
+        if cls in _PLAIN:
+            tags.append("=")
+            convert.append(None)
+        elif cls is uuid.UUID:
+            tags.append("u")
+            convert.append(_uuid_int)
+        elif cls is date:
+            tags.append("d")
+            convert.append(date.toordinal)
+        elif cls is Decimal:
+            tags.append("n")
+            convert.append(str)
+        else:  # mixed types, datetimes (aware or not), anything else
+            return _dump_key
+    tag = "".join(tags)
+    if all(c is None for c in convert):
+        return lambda key: marshal.dumps((tag, *key))
+    one = convert[0]
+    if len(convert) == 1 and one is not None:
+        return lambda key: marshal.dumps((tag, one(key[0])))
+    steps = [(i, c) for i, c in enumerate(convert) if c is not None]
+
+    def dump(key: Key) -> bytes:
+        values = [tag, *key]
+        for i, c in steps:
+            values[i + 1] = c(values[i + 1])
+        return marshal.dumps(tuple(values))
+
+    return dump
+
+
+def _uuid_int(v: uuid.UUID) -> int:
+    return v.int
+
+
 def _load_key(data: bytes) -> Key:
     tags, *values = marshal.loads(data)
     if not tags:
@@ -358,22 +406,27 @@ class _Spill:
         self,
         hashes: np.ndarray,
         positions: np.ndarray,
-        rows: Callable[[int], tuple[int, int, Key]],
+        statuses: np.ndarray,
+        befores: np.ndarray,
+        keys: list[Key],
     ) -> None:
-        """Store keys, given sorted by hash, ``rows(position)`` giving (status, before, key)."""
+        """Store keys with their statuses and digests, all given sorted by hash."""
         bits = self._bloom_bits(hashes).ravel()
         np.bitwise_or.at(self._bloom, bits >> 3, (1 << (bits & 7)).astype(np.uint8))
-        counts = self.counts
-
-        def values() -> Iterator[tuple[int, int, int, int, bytes]]:
-            for h, pos in zip(hashes.tolist(), positions.tolist(), strict=True):
-                status, before, key = rows(pos)
-                counts[status] += 1
-                yield h, pos, status, before, _dump_key(key)
-
+        for status, n in enumerate(np.bincount(statuses, minlength=3).tolist()):
+            self.counts[status] += n
+        # zip and map over lists: the rows are made at C speed, one at a time (no list of them).
+        rows = zip(
+            hashes.tolist(),
+            positions.tolist(),
+            statuses.tolist(),
+            befores.tolist(),
+            map(_dumper(keys), keys),
+            strict=True,
+        )
         conn = self._conn()
         conn.execute("BEGIN")
-        conn.executemany("INSERT INTO seen VALUES (?, ?, ?, ?, ?)", values())
+        conn.executemany("INSERT INTO seen VALUES (?, ?, ?, ?, ?)", rows)
         conn.execute("COMMIT")
 
     def maybe(self, hashes: np.ndarray) -> list[int]:
@@ -552,13 +605,12 @@ class Outcome:
         if self._spill is None:
             self._spill = _Spill()
         self._write_back()
-        keys, status, before, base = self._keys, self._status, self._before, self._base
+        keys, base = self._keys, self._base
         hashes, positions = self._index.items()
-        self._spill.add(
-            hashes,
-            positions,
-            lambda pos: (status[pos - base], before[pos - base], keys[pos - base]),
-        )
+        order = positions - base
+        statuses = np.frombuffer(self._status, dtype=np.uint8)[order]
+        befores = np.frombuffer(self._before, dtype=np.int64)[order]
+        self._spill.add(hashes, positions, statuses, befores, [keys[i] for i in order.tolist()])
         self._base += len(keys)
         self._keys, self._status, self._before = [], bytearray(), array("q")
         self._index = _KeyIndex()

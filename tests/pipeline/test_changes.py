@@ -22,6 +22,7 @@ from limsync.pipeline.changes import (
     Outcome,
     SpilledKeys,
     _dump_key,
+    _dumper,
     _KeyIndex,
     _load_key,
     digest,
@@ -208,3 +209,23 @@ def test_a_spilled_changeset_extends_and_shows_like_a_list(spill_dir: Path) -> N
 def test_memory_keys_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="memory_keys"):
         Outcome(identity, memory_keys=-1)
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        [(1,), (-(2**70),)],
+        [("a", "b"), ("", "ä\udcff")],
+        [(uuid.UUID(int=1),), (uuid.UUID(int=2),)],
+        [(dt.date(2026, 1, 2),), (dt.date(1, 1, 1),)],
+        [(Decimal("1.50"),), (Decimal("-0"),)],
+        [(uuid.UUID(int=1), "probe00", 3), (uuid.UUID(int=2), "probe01", 4)],  # some converted
+        [(uuid.UUID(int=1), dt.datetime(2026, 1, 2)), (uuid.UUID(int=2), dt.datetime(2026, 1, 3))],
+        [(1,), ("1",)],  # a column of mixed types
+        [(1,), (1, 2)],  # keys of different lengths
+    ],
+    ids=repr,
+)
+def test_the_format_specialised_on_column_types_round_trips(keys: list[tuple[Any, ...]]) -> None:
+    dump = _dumper(keys)
+    assert exact([_load_key(dump(k)) for k in keys]) == exact(keys)
