@@ -345,6 +345,7 @@ _BLOOM_BITS = 23  # 1 MiB of filter: ~2% false positives at a million spilled ke
 _BLOOM_MULTIPLIERS = np.array(
     [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9], dtype=np.uint64
 )
+_SLICE = 4096  # keys moved to the file at a time
 _LOOKUP_CHUNK = 500  # hashes per SELECT: below SQLite's oldest bound on parameters (999)
 
 
@@ -408,25 +409,32 @@ class _Spill:
         positions: np.ndarray,
         statuses: np.ndarray,
         befores: np.ndarray,
-        keys: list[Key],
+        keys: Callable[[int, int], list[Key]],
+        dump: Callable[[Key], bytes],
     ) -> None:
-        """Store keys with their statuses and digests, all given sorted by hash."""
-        bits = self._bloom_bits(hashes).ravel()
-        np.bitwise_or.at(self._bloom, bits >> 3, (1 << (bits & 7)).astype(np.uint8))
+        """Store keys given sorted by hash; ``keys(start, stop)`` gives those of a slice."""
         for status, n in enumerate(np.bincount(statuses, minlength=3).tolist()):
             self.counts[status] += n
-        # zip and map over lists: the rows are made at C speed, one at a time (no list of them).
-        rows = zip(
-            hashes.tolist(),
-            positions.tolist(),
-            statuses.tolist(),
-            befores.tolist(),
-            map(_dumper(keys), keys),
-            strict=True,
-        )
+
+        def rows() -> Iterator[tuple[int, int, int, int, bytes]]:
+            # A slice at a time, so that the Python objects of one slice only exist at once
+            # (those of all the keys in memory would be as large again as the keys).
+            for start in range(0, len(hashes), _SLICE):
+                part = slice(start, start + _SLICE)
+                bits = self._bloom_bits(hashes[part]).ravel()
+                np.bitwise_or.at(self._bloom, bits >> 3, (1 << (bits & 7)).astype(np.uint8))
+                yield from zip(
+                    hashes[part].tolist(),
+                    positions[part].tolist(),
+                    statuses[part].tolist(),
+                    befores[part].tolist(),
+                    map(dump, keys(start, start + _SLICE)),
+                    strict=True,
+                )
+
         conn = self._conn()
         conn.execute("BEGIN")
-        conn.executemany("INSERT INTO seen VALUES (?, ?, ?, ?, ?)", rows)
+        conn.executemany("INSERT INTO seen VALUES (?, ?, ?, ?, ?)", rows())
         conn.execute("COMMIT")
 
     def maybe(self, hashes: np.ndarray) -> list[int]:
@@ -610,7 +618,11 @@ class Outcome:
         order = positions - base
         statuses = np.frombuffer(self._status, dtype=np.uint8)[order]
         befores = np.frombuffer(self._before, dtype=np.int64)[order]
-        self._spill.add(hashes, positions, statuses, befores, [keys[i] for i in order.tolist()])
+
+        def keys_at(start: int, stop: int) -> list[Key]:
+            return [keys[i] for i in order[start:stop].tolist()]
+
+        self._spill.add(hashes, positions, statuses, befores, keys_at, _dumper(keys))
         self._base += len(keys)
         self._keys, self._status, self._before = [], bytearray(), array("q")
         self._index = _KeyIndex()
