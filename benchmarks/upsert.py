@@ -14,6 +14,7 @@ rows shows memory does not grow with the data.
 
     python benchmarks/upsert.py --rows 100000 --backends sqlite mysql postgres
     python benchmarks/upsert.py --rows 20000 --backends mysql --profile unchanged   # cProfile
+    python benchmarks/upsert.py --rows 100000 --backends sqlite --memory-keys none  # no spill
 
 "cpu s" is the child's own CPU time (user + system) in the measured section: the Python side,
 less disturbed than wall time by other processes on a shared machine (the database server's
@@ -37,6 +38,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from limsync.pipeline import Database, Key, Manual, Ref, Schema, upsert
+from limsync.pipeline.upsert import DEFAULT_MEMORY_KEYS
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from measure import cpu_seconds, peak_rss_mb, profiled
@@ -90,7 +92,9 @@ def sessions(n: int, changed_every: int = 0) -> Iterator[dict[str, Any]]:
         }  # fmt: skip
 
 
-def run_limsync(url: str, prefix: str, n: int, phase: str, profile: bool) -> dict[str, Any]:
+def run_limsync(
+    url: str, prefix: str, n: int, phase: str, profile: bool, memory_keys: int | None
+) -> dict[str, Any]:
     db = Database(url, schema_prefix=prefix)
     db.declare(bench)
     changed_every = 100 if phase == "changed" else 0
@@ -99,7 +103,7 @@ def run_limsync(url: str, prefix: str, n: int, phase: str, profile: bool) -> dic
         with db.transaction() as conn:
             upsert(db, conn, Subject, subjects(max(1, n // 10)))
         with db.transaction() as conn:
-            return upsert(db, conn, Session, sessions(n, changed_every))
+            return upsert(db, conn, Session, sessions(n, changed_every), memory_keys=memory_keys)
 
     cpu, started = cpu_seconds(), time.perf_counter()
     cs, report = profiled(load, profile, own=25, cumulative=30)
@@ -161,8 +165,9 @@ def child(args: argparse.Namespace) -> None:
         result = run_raw(args.url, args.prefix, args.rows)
     else:
         result = run_limsync(
-            args.url, args.prefix, args.rows, args.phase, args.phase in args.profile
-        )
+            args.url, args.prefix, args.rows, args.phase, args.phase in args.profile,
+            _memory_keys(args.memory_keys),
+        )  # fmt: skip
     print(json.dumps(result))
 
 
@@ -178,10 +183,16 @@ def drop(url: str, prefix: str) -> None:
     db.dispose()
 
 
-def measure(url: str, prefix: str, rows: int, phase: str, profile: list[str]) -> dict[str, Any]:
+def _memory_keys(text: str) -> int | None:
+    return None if text == "none" else int(text)
+
+
+def measure(
+    url: str, prefix: str, rows: int, phase: str, profile: list[str], memory_keys: str
+) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, __file__, "--child", "--url", url, "--prefix", prefix, "--rows", str(rows), "--phase", phase,
-         "--profile", *profile],
+         "--memory-keys", memory_keys, "--profile", *profile],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -201,6 +212,11 @@ def main() -> None:
         default=[],
         choices=["first", "unchanged", "changed"],
         help="cProfile these phases (printed after the table)",
+    )
+    ap.add_argument(
+        "--memory-keys",
+        default=str(DEFAULT_MEMORY_KEYS),
+        help="upsert's memory_keys: keys held in memory before they spill to a file ('none': never)",
     )
     ap.add_argument("--repeat", type=int, default=1, help="measure every backend this many times")
     args = ap.parse_args()
@@ -222,10 +238,15 @@ def main() -> None:
         url_ours, url_raw = urls[backend]("ours"), urls[backend]("raw")
         prefix, raw_prefix = f"bu{os.getpid()}_", f"br{os.getpid()}_"
         try:
-            raw = measure(url_raw, raw_prefix, args.rows, "raw", [])
+            raw = measure(url_raw, raw_prefix, args.rows, "raw", [], args.memory_keys)
             results = [("raw", raw)]
             for phase in ("first", "unchanged", "changed"):
-                results.append((phase, measure(url_ours, prefix, args.rows, phase, args.profile)))
+                results.append(
+                    (
+                        phase,
+                        measure(url_ours, prefix, args.rows, phase, args.profile, args.memory_keys),
+                    )
+                )
             for phase, r in results:
                 detail = (
                     json.dumps(r.get("counts", ""))

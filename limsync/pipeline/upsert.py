@@ -29,7 +29,16 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from limsync.errors import MissingParentError, RowError
-from limsync.pipeline.changes import INSERTED, UNCHANGED, UPDATED, ChangeSet, Key, Outcome, digest
+from limsync.pipeline.changes import (
+    DEFAULT_MEMORY_KEYS,
+    INSERTED,
+    UNCHANGED,
+    UPDATED,
+    ChangeSet,
+    Key,
+    Outcome,
+    digest,
+)
 from limsync.pipeline.codecs import Codec
 from limsync.pipeline.columns import ColumnType
 from limsync.pipeline.literals import LiteralError, row_literals
@@ -52,6 +61,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_BATCH_BYTES",
     "DEFAULT_BATCH_ROWS",
+    "DEFAULT_MEMORY_KEYS",
     "MAX_PARAMS",
     "ChangeSet",
     "Key",
@@ -81,6 +91,7 @@ def upsert(
     check_parents: bool = True,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
+    memory_keys: int | None = DEFAULT_MEMORY_KEYS,
 ) -> ChangeSet:
     """Insert new rows and update changed ones, inside the caller's transaction.
 
@@ -92,17 +103,28 @@ def upsert(
     The ChangeSet compares the table before and after the call: each key appears once, as
     inserted (absent before), updated (its final row differs from the row stored before the
     call) or unchanged, however the rows were split into batches.
+
+    To keep that exact, the call remembers every key it has seen. Up to ``memory_keys`` of them
+    (default :data:`DEFAULT_MEMORY_KEYS`) are held in memory; beyond that they move to a
+    temporary SQLite file (see :mod:`changes`), so memory does not grow with the number of rows
+    (``None``: never spill). The ChangeSet then reads its lists from that file: ``close()`` it,
+    or use it in a ``with`` block, to delete the file at once; otherwise it goes when the
+    ChangeSet is garbage-collected.
     """
     spec = _spec(table)
     db.register(spec)
     plan = _plan(db, spec)
-    outcome = Outcome(plan.encode_key)
+    outcome = Outcome(plan.encode_key, memory_keys)
     per_batch = max(1, min(batch_rows, MAX_PARAMS[db.dialect] // max(1, len(spec.columns))))
     it = iter(rows)
-    while chunk := list(islice(it, per_batch)):
-        valid = validate_batch(spec, chunk) if validate else chunk
-        for part in _split_by_bytes(plan, _encode_unique(plan, spec, valid), batch_bytes):
-            _upsert_part(db, conn, spec, plan, part, check_parents, outcome)
+    try:
+        while chunk := list(islice(it, per_batch)):
+            valid = validate_batch(spec, chunk) if validate else chunk
+            for part in _split_by_bytes(plan, _encode_unique(plan, spec, valid), batch_bytes):
+                _upsert_part(db, conn, spec, plan, part, check_parents, outcome)
+    except BaseException:
+        outcome.close()  # the spill file goes now, not when the traceback is collected
+        raise
     return outcome.changeset(spec.qualname)
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -525,6 +528,67 @@ def test_validate_rows_and_missing_parents(pipeline: Database) -> None:
     assert problems[0][1].key["subject_uuid"] == uuid.UUID(int=4)
 
 
+# --- keys spilled to a file -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def spill_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Spill files go to a directory of the test's own, where the test can count them."""
+    spills = tmp_path / "spills"
+    spills.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spills))
+    return spills
+
+
+def test_spilled_keys_keep_their_exact_status_across_batches(
+    pipeline: Database, spill_dir: Path
+) -> None:
+    db = pipeline
+    write(db, Subject, [subject_row(n) for n in range(2)])
+    stored = [session_row(s, n) for s in range(2) for n in range(3)]  # a composite key
+    write(db, Session, stored)
+
+    def rows() -> list[dict[str, Any]]:
+        # One row a batch, two keys in memory: every key comes back after it was spilled.
+        restored = [session_row(1, n) for n in range(3)]
+        return [
+            session_row(0, 0, n_trials=1),  # changed ...
+            session_row(0, 1),  # unchanged ...
+            session_row(0, 5),  # new ...
+            session_row(1, 0, n_trials=2),  # changed, then restored
+            *[session_row(0, n) for n in range(7, 10)],
+            session_row(0, 0, n_trials=3),  # ... changed again: updated
+            session_row(0, 1, n_trials=4),  # ... then changed: updated
+            session_row(0, 5, n_trials=5),  # ... then changed: still inserted
+            *restored,  # session (1, 0) restored: unchanged; (1, 1), (1, 2) unchanged
+            {**session_row(0, 7), "subject_uuid": str(uuid.UUID(int=1))},  # the same key as str
+        ]
+
+    def key(s: int, n: int) -> tuple[Any, ...]:
+        row = session_row(s, n)
+        return (row["subject_uuid"], row["session_start"])
+
+    with write(db, Session, rows(), batch_rows=1, memory_keys=2) as cs:
+        assert len(list(spill_dir.iterdir())) == 1
+        assert cs.inserted == [key(0, 5), key(0, 7), key(0, 8), key(0, 9)]
+        assert cs.updated == [key(0, 0), key(0, 1)]
+        assert cs.unchanged == [key(1, 0), key(1, 1), key(1, 2)]
+    assert list(spill_dir.iterdir()) == []
+    # The same rows again, spilled and not: the same ChangeSet.
+    assert write(db, Session, rows(), batch_rows=1, memory_keys=2) == write(
+        db, Session, rows(), batch_rows=1, memory_keys=None
+    )
+    gc.collect()
+    assert list(spill_dir.iterdir()) == []
+
+
+def test_a_failed_upsert_leaves_no_spill_file(pipeline: Database, spill_dir: Path) -> None:
+    rows = [subject_row(n) for n in range(5)] + [subject_row(5, lab_name="nowhere")]
+    with pytest.raises(MissingParentError):
+        write(pipeline, Subject, rows, batch_rows=1, memory_keys=2)
+    assert list(spill_dir.iterdir()) == []
+
+
 # --- property: upserts behave like a dict ---------------------------------------------------------
 
 prop = Schema("prop")
@@ -566,8 +630,9 @@ calls = st.lists(
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(calls=calls)
+@pytest.mark.parametrize("memory_keys", [None, 3], ids=["in-memory", "spilled"])
 def test_upserts_behave_like_a_dict(
-    db: Database, calls: list[tuple[list[dict[str, Any]], int]]
+    db: Database, memory_keys: int | None, calls: list[tuple[list[dict[str, Any]], int]]
 ) -> None:
     db.declare(Item)  # once per backend; later examples find it in place
     with db.transaction() as conn:
@@ -583,6 +648,6 @@ def test_upserts_behave_like_a_dict(
             updated=[k for k in final if k in model and final[k] != model[k]],
             unchanged=[k for k in final if k in model and final[k] == model[k]],
         )
-        assert write(db, Item, rows, batch_rows=batch_rows) == expected
+        assert write(db, Item, rows, batch_rows=batch_rows, memory_keys=memory_keys) == expected
         model.update(final)
         assert db.fetch(Item) == [model[k] for k in sorted(model)]
