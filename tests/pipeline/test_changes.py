@@ -21,12 +21,10 @@ from limsync.pipeline.changes import (
     ChangeSet,
     Outcome,
     SpilledKeys,
-    _dump_key,
-    _dumper,
     _KeyIndex,
-    _load_key,
     digest,
 )
+from limsync.pipeline.spill import dump_key, dumper, load_key
 
 
 def test_digest_tells_rows_apart_as_equality_does() -> None:
@@ -114,7 +112,7 @@ def record(outcome: Outcome, keys: list[tuple[Any, ...]], statuses: list[int]) -
 
 @pytest.mark.parametrize("key", KEYS_OF_EVERY_TYPE, ids=repr)
 def test_every_key_type_round_trips_through_the_file_format(key: tuple[Any, ...]) -> None:
-    assert exact([_load_key(_dump_key(key))]) == exact([key])
+    assert exact([load_key(dump_key(key))]) == exact([key])
 
 
 def test_spilled_keys_come_back_as_the_same_values_in_order(spill_dir: Path) -> None:
@@ -227,5 +225,5 @@ def test_memory_keys_must_not_be_negative() -> None:
     ids=repr,
 )
 def test_the_format_specialised_on_column_types_round_trips(keys: list[tuple[Any, ...]]) -> None:
-    dump = _dumper(keys)
-    assert exact([_load_key(dump(k)) for k in keys]) == exact(keys)
+    dump = dumper(keys)
+    assert exact([load_key(dump(k)) for k in keys]) == exact(keys)
