@@ -6,6 +6,7 @@ This package knows the database and never HTTP: it imports neither ``requests`` 
 
 from limsync.pipeline.columns import ColumnType, Key, SqlType
 from limsync.pipeline.database import Database
+from limsync.pipeline.insert import insert_new
 from limsync.pipeline.tables import (
     ColumnSpec,
     Computed,
@@ -40,5 +41,6 @@ __all__ = [
     "Table",
     "TableSpec",
     "Tier",
+    "insert_new",
     "upsert",
 ]

@@ -15,6 +15,9 @@ Rows the database calls different are checked once more in parameter space (see
 tool, a SQLite datetime without microseconds) is not rewritten. Unchanged rows are never
 rewritten, and the :class:`ChangeSet` lists the exact keys inserted, updated and unchanged on
 every dialect, relative to the table before the call, however the rows were batched.
+
+:func:`insert.insert_new` is its shortcut for rows the caller holds to be new (a first load),
+built on the same plan, encoding and batching.
 """
 
 from __future__ import annotations

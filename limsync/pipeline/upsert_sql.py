@@ -8,7 +8,9 @@ list of literals on MySQL/MariaDB (see :mod:`literals`). Against it run
   new or differ (index, a "new" flag, one missing-parent flag per foreign key), compared
   null-safely and byte for byte in the database, so an unchanged batch returns nothing;
 * the *write*: ``INSERT ... ON CONFLICT DO UPDATE`` / ``ON DUPLICATE KEY UPDATE`` of the rows
-  to write.
+  to write;
+* the plain *insert* of :func:`upsert.insert_new`: the same ``INSERT`` without a conflict
+  clause, for rows the caller holds to be new.
 
 Plain SQL text with positional parameters: compiling a 1,000-row ``VALUES`` clause through
 SQLAlchemy's expression layer for every batch would cost more than the round trip it saves.
@@ -119,7 +121,8 @@ def _sqlite_keys_join(
     )
 
 
-def _build_upsert_sql(db: Database, spec: TableSpec, n: int) -> str:
+def _build_insert_sql(db: Database, spec: TableSpec, n: int) -> str:
+    """A plain ``INSERT`` of ``n`` rows; on MySQL the text before the literal rows."""
     p = placeholder(db)
     cols = [db.quote(c) for c in spec.column_names]
     if db.dialect == "postgresql":
@@ -128,8 +131,12 @@ def _build_upsert_sql(db: Database, spec: TableSpec, n: int) -> str:
         row = "(" + ", ".join([p] * len(cols)) + ")"
         values_sql = "VALUES " + ", ".join([row] * n)
     else:
-        values_sql = "VALUES "  # literal rows follow, then write_tail
-    head = f"INSERT INTO {db.qualified(spec)} ({', '.join(cols)}) {values_sql}"
+        values_sql = "VALUES "  # literal rows follow (then write_tail, for the upsert)
+    return f"INSERT INTO {db.qualified(spec)} ({', '.join(cols)}) {values_sql}"
+
+
+def _build_upsert_sql(db: Database, spec: TableSpec, n: int) -> str:
+    head = _build_insert_sql(db, spec, n)
     values = [db.quote(c.name) for c in spec.columns if not c.in_key]
     if db.dialect == "mysql":
         return head
@@ -235,6 +242,13 @@ def write_sql(db: Database, spec: TableSpec, n: int) -> str:
     """The write of ``n`` rows; on MySQL, the text before the rows (see ``write_tail``)."""
     size = n if db.dialect == "sqlite" else 0
     return _cached(db, ("upsert", spec.qualname, size), lambda: _build_upsert_sql(db, spec, size))
+
+
+def insert_sql(db: Database, spec: TableSpec, n: int) -> str:
+    """A plain ``INSERT`` of ``n`` rows, no conflict clause; on MySQL the text before the rows
+    (which end the statement: a duplicate key or a missing parent is an error, as wanted)."""
+    size = n if db.dialect == "sqlite" else 0
+    return _cached(db, ("insert", spec.qualname, size), lambda: _build_insert_sql(db, spec, size))
 
 
 def write_tail(db: Database, spec: TableSpec) -> str:
