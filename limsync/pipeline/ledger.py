@@ -150,8 +150,14 @@ def _insert_literal_rows(
     if not _backslash_escapes(conn, "utf8") or not all(type(v) is str for row in rows for v in row):
         return False
     tail = "".join(f",{c}" for c in constants) + ")"
-    esc = _mysql_text
-    lines = ["('" + "','".join([esc(v) for v in row]) + "'" + tail for row in rows]
+    # Key texts, hashes and targets seldom hold a quote or a backslash: one scan of the whole
+    # batch (C loops over one string) usually spares escaping every value on its own.
+    text = "".join(chain.from_iterable(rows))
+    if "\\" in text or "'" in text or "\0" in text:
+        esc = _mysql_text
+        lines = ["('" + "','".join([esc(v) for v in row]) + "'" + tail for row in rows]
+    else:
+        lines = ["('" + "','".join(row) + "'" + tail for row in rows]
     start, size = 0, 0
     for i, line in enumerate(lines):
         if i > start and size + len(line) > _PACKET_CHARS:
@@ -261,7 +267,13 @@ def targets_text(targets: Iterable[tuple[str, Sequence[Any]]]) -> str:
 
     The text of ``json.dumps`` with ``default=str``, built from :func:`key_text`.
     """
-    parts = [f"[{encode_basestring_ascii(table)},{key_text(key)}]" for table, key in targets]
+    return targets_text_of((table, key_text(key)) for table, key in targets)
+
+
+def targets_text_of(targets: Iterable[tuple[str, str]]) -> str:
+    """:func:`targets_text` of (table, :func:`key_text`) pairs, for a caller that has the key
+    texts already (the writer builds each row's once, for the ledger and the outbox)."""
+    parts = [f"[{encode_basestring_ascii(table)},{text}]" for table, text in targets]
     return "[" + ",".join(parts) + "]"
 
 
@@ -472,19 +484,20 @@ def record(
     st: StateTables,
     connector: str,
     stream: str,
-    entries: Iterable[tuple[str, str, Sequence[tuple[str, Sequence[Any]]]]],
+    entries: Iterable[tuple[str, str, str | Sequence[tuple[str, Sequence[Any]]]]],
     run_id: int,
     existing: set[str],
 ) -> None:
     """Write (key, hash, targets) entries as present; ``existing`` keys are updated in place.
 
-    ``targets`` are the (table, primary-key tuple) rows the record produced.
+    ``targets`` are the (table, primary-key tuple) rows the record produced, or their
+    :func:`targets_text` already built.
     """
     now = _timestamp(conn)
     new: list[tuple[Any, ...]] = []
     changed: list[tuple[Any, ...]] = []
     for key, h, targets in entries:
-        text = targets_text(targets)
+        text = targets if isinstance(targets, str) else targets_text(targets)
         if key in existing:
             changed.append((h, text, now, run_id, connector, stream, key))
         else:
@@ -589,7 +602,19 @@ def emit(
     run_id: int,
 ) -> int:
     """Queue changed keys of a table for downstream recompute; returns how many."""
-    rows = [(key_text(k),) for k in keys]
+    return emit_texts(conn, st, table, [key_text(k) for k in keys], change, run_id)
+
+
+def emit_texts(
+    conn: sa.Connection,
+    st: StateTables,
+    table: str,
+    texts: Sequence[str],
+    change: str,
+    run_id: int,
+) -> int:
+    """:func:`emit` of keys given as their :func:`key_text`; returns how many."""
+    rows = [(t,) for t in texts]
     if rows:
         constants = {
             "table_name": table, "change": change, "run_id": run_id,

@@ -264,3 +264,19 @@ def test_ledger_without_backslash_escapes(db: Database, backend: str) -> None:
     assert {k: e.targets for k, e in entries.items()} == expected
     assert outbox == [key_text((k,)) for k in AWKWARD]
     _check_mismatches(db, AWKWARD)
+
+
+def test_targets_and_outbox_keys_given_as_key_texts(db: Database) -> None:
+    """A caller that built the key texts already passes them: the same entries and rows."""
+    st = state.ensure(db)
+    keys = [("a", 1), ("b'", 2)]
+    text = ledger.targets_text_of([("t.x", key_text(k)) for k in keys])
+    assert text == ledger.targets_text([("t.x", k) for k in keys])
+    with db.transaction() as conn:
+        ledger.record(conn, st, "c", "s", [("[1]", "h", text)], 7, set())
+        assert ledger.emit_texts(conn, st, "t.x", [key_text(k) for k in keys], "insert", 7) == 2
+    with db.engine.connect() as conn:
+        entry = ledger.lookup(conn, st, "c", "s", ["[1]"])["[1]"]
+        rows = conn.execute(sa.select(st.outbox.c.row_key).order_by(st.outbox.c.id)).all()
+    assert entry.targets == [("t.x", ["a", 1]), ("t.x", ["b'", 2])]
+    assert [r[0] for r in rows] == ['["a",1]', '["b\'",2]']
