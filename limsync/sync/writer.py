@@ -5,6 +5,15 @@ missing are set aside (stage ``reference``) and the rest is written again; a dat
 that no check pinned on one record is isolated by bisecting the batch, each half in its own
 savepoint (stage ``write``). What a changed record no longer produces is deleted with its
 dependants, and every inserted, updated or deleted key goes to the change outbox.
+
+A batch of records all new to the ledger (a first load, a migration) is first written
+optimistically, in a savepoint of its own: a plain ``INSERT`` per table (see
+:func:`limsync.pipeline.insert.insert_new`), without the diff against stored rows and without
+the parents check, the database's primary and foreign keys being the check. If anything fails
+(a row some other writer stored, a missing parent, a bad value), the savepoint is rolled back
+and the batch takes the careful path above, so results, quarantine stages and messages are
+those of the careful path. Where that keeps happening (a stream whose rows are mostly stored
+already), the optimistic attempt is skipped for a growing number of batches.
 """
 
 from __future__ import annotations
@@ -20,11 +29,15 @@ from limsync.errors import RowError
 from limsync.pipeline import cascade, ledger
 from limsync.pipeline.database import Database
 from limsync.pipeline.graph import load_order
+from limsync.pipeline.insert import enforces_foreign_keys, insert_new
 from limsync.pipeline.state import StateTables
 from limsync.pipeline.tables import TableSpec
 from limsync.pipeline.upsert import ChangeSet, missing_parents, upsert
 from limsync.sync.mapping import key_from_json, key_json
 from limsync.sync.report import StreamReport
+
+# Batches an optimistic write of all-new records is skipped for, at most, after failing.
+MAX_SKIP = 64
 
 
 @dataclass
@@ -43,12 +56,19 @@ class Item:
 class BatchWriter:
     """Writes batches of one connector's records (see the module docstring)."""
 
-    def __init__(self, db: Database, st: StateTables, connector: str) -> None:
+    def __init__(
+        self, db: Database, st: StateTables, connector: str, *, optimistic: bool = True
+    ) -> None:
+        """``optimistic=False`` writes every batch the careful way (see the module docstring)."""
         self.db = db
         self.st = st
         self.connector = connector
+        self.optimistic = optimistic
         # Parent keys found by committed batches (see missing_parents' cache).
         self._parents: dict[str, set[Key]] = {}
+        # Per stream: optimistic writes that failed in a row, and batches left to skip them for.
+        self._fast_failures: dict[str, int] = {}
+        self._fast_skip: dict[str, int] = {}
 
     def forget_parents(self) -> None:
         """Drop the cache of parent keys known to exist."""
@@ -64,12 +84,17 @@ class BatchWriter:
         name: str,
     ) -> list[Item]:
         """Write items in a savepoint; records with missing parents or DB errors go aside."""
+        if items and self._write_new(conn, items, sr, run_id, name):
+            return items
         while items:
             try:
                 with conn.begin_nested():
-                    bad = self._write_rows(conn, items, sr, run_id, name)
+                    bad, changes = self._write_rows(conn, items, sr, run_id, name)
                     if bad:
                         raise _RetryError(bad)
+                # Counted once the savepoint is released: a failure after the upserts (in the
+                # ledger, say) bisects the batch, whose halves are counted again.
+                _count(sr, items, changes)
                 return items
             except _RetryError as retry:
                 for item, err in retry.bad:
@@ -86,6 +111,92 @@ class BatchWriter:
                 )
         return []
 
+    def _write_new(
+        self,
+        conn: sa.Connection,
+        items: list[Item],
+        sr: StreamReport,
+        run_id: int,
+        name: str,
+    ) -> bool:
+        """Write a batch of records all new to the ledger with plain INSERTs, in a savepoint.
+
+        False, with nothing written, when the batch is not all new, the optimistic write is
+        being skipped, the database would not refuse an orphan, or any statement failed.
+        """
+        if not self.optimistic or any(item.old is not None for item in items):
+            return False  # changed records need the diff, and their stale rows deleted
+        skip = self._fast_skip.get(name, 0)
+        if skip:
+            self._fast_skip[name] = skip - 1
+            return False
+        by_table, specs = _by_table(items)
+        # A row referencing a row of its own table: the careful path checks parents before
+        # writing, so it sets aside a child whose parent comes in the same batch; a plain
+        # INSERT would take both (PostgreSQL and SQLite check at the end of the statement).
+        if any(fk.parent == q for q, spec in specs.items() for fk in spec.foreign_keys):
+            return False
+        if not enforces_foreign_keys(conn):
+            return False  # an orphan would be stored, not refused
+        try:
+            with conn.begin_nested():
+                changes = [
+                    insert_new(self.db, conn, spec, by_table[spec.qualname], validate=False)
+                    for spec in load_order(specs.values())
+                ]
+                self._bookkeep(conn, items, changes, run_id, name)
+        except (sa.exc.DBAPIError, RowError) as exc:
+            if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+                raise  # nothing to fall back on
+            failures = self._fast_failures[name] = self._fast_failures.get(name, 0) + 1
+            # 1, 3, 7, ... batches: a stream whose rows are mostly stored already (written by
+            # another tool) stops paying for statements that fail, one bad record does not.
+            self._fast_skip[name] = min(2**failures - 1, MAX_SKIP)
+            return False
+        self._fast_failures[name] = 0
+        _count(sr, items, changes)
+        return True
+
+    def _bookkeep(
+        self,
+        conn: sa.Connection,
+        items: list[Item],
+        changes: list[ChangeSet],
+        run_id: int,
+        name: str,
+    ) -> None:
+        """The batch's outbox rows and ledger entries, each row's key text built once."""
+        key_text = ledger.key_text
+        texts: dict[str, dict[Key, str]] = {}  # table -> key -> key text
+        entries: list[tuple[str, str, str]] = []
+        for item in items:
+            targets = []
+            for spec, row in item.rows:
+                key = spec.key_of(row)
+                table = texts.get(spec.qualname)
+                if table is None:
+                    table = texts[spec.qualname] = {}
+                text = table[key] = key_text(key)
+                targets.append((spec.qualname, text))
+            entries.append((item.ktext, item.hash, ledger.targets_text_of(targets)))
+        for cs in changes:
+            # Keys go in as they are: their key text is that of their JSON values. The
+            # ChangeSet's keys are those of the rows written, so they are found in ``texts``.
+            known = texts.get(cs.table, {})
+            for change, keys in (("insert", cs.inserted), ("update", cs.updated)):
+                if keys:
+                    out = [known.get(k) or key_text(k) for k in keys]
+                    ledger.emit_texts(conn, self.st, cs.table, out, change, run_id)
+        ledger.record(
+            conn,
+            self.st,
+            self.connector,
+            name,
+            entries,
+            run_id,
+            existing={i.ktext for i in items if i.old is not None},
+        )
+
     def _write_rows(
         self,
         conn: sa.Connection,
@@ -93,12 +204,12 @@ class BatchWriter:
         sr: StreamReport,
         run_id: int,
         name: str,
-    ) -> list[tuple[Item, Exception]]:
-        by_table: dict[str, list[tuple[Item, dict[str, Any]]]] = {}
+    ) -> tuple[list[tuple[Item, Exception]], list[ChangeSet]]:
+        pairs_by_table: dict[str, list[tuple[Item, dict[str, Any]]]] = {}
         specs: dict[str, TableSpec] = {}
         for item in items:
             for spec, row in item.rows:
-                by_table.setdefault(spec.qualname, []).append((item, row))
+                pairs_by_table.setdefault(spec.qualname, []).append((item, row))
                 specs[spec.qualname] = spec
         bad: dict[int, tuple[Item, Exception]] = {}
         changes: list[ChangeSet] = []
@@ -106,7 +217,7 @@ class BatchWriter:
         if sum(len(v) for v in self._parents.values()) > 1_000_000:
             self._parents.clear()  # bounded memory on very large syncs
         for spec in load_order(specs.values()):
-            pairs = [(i, r) for i, r in by_table[spec.qualname] if id(i) not in bad]
+            pairs = [(i, r) for i, r in pairs_by_table[spec.qualname] if id(i) not in bad]
             rows = [r for _, r in pairs]
             # Parents this batch writes too are not cached: the batch may still roll back.
             cache = None if writing & self._parent_tables(spec) else self._parents
@@ -120,7 +231,7 @@ class BatchWriter:
             rows = [r for _, r in pairs]
             changes.append(upsert(self.db, conn, spec, rows, validate=False, check_parents=False))
         if bad:
-            return list(bad.values())
+            return list(bad.values()), []
         # Rows a changed record produced before but no longer does (e.g. a removed project).
         stale: dict[str, list[tuple[Any, ...]]] = {}
         for item in items:
@@ -132,26 +243,8 @@ class BatchWriter:
                     stale.setdefault(table, []).append(tuple(key))
         for table, keys in stale.items():
             self.delete_rows(conn, table, keys, sr, run_id)
-        for cs in changes:
-            # Keys go in as they are: their key text is that of their JSON values.
-            ledger.emit(conn, self.st, cs.table, cs.inserted, "insert", run_id)
-            ledger.emit(conn, self.st, cs.table, cs.updated, "update", run_id)
-            sr.add_table(cs)
-        ledger.record(
-            conn,
-            self.st,
-            self.connector,
-            name,
-            [(i.ktext, i.hash, [(s.qualname, s.key_of(r)) for s, r in i.rows]) for i in items],
-            run_id,
-            existing={i.ktext for i in items if i.old is not None},
-        )
-        for item in items:
-            if item.old is None:
-                sr.new += 1
-            else:
-                sr.changed += 1
-        return []
+        self._bookkeep(conn, items, changes, run_id, name)
+        return [], changes
 
     @staticmethod
     def _parent_tables(spec: TableSpec) -> set[str]:
@@ -172,6 +265,31 @@ class BatchWriter:
         for label, n in plan.rows.items():
             sr.deleted_rows[label] = sr.deleted_rows.get(label, 0) + n
         ledger.emit(conn, self.st, table, (key_json(k) for k in typed), "delete", run_id)
+
+
+def _by_table(
+    items: list[Item],
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, TableSpec]]:
+    """The batch's rows per table, in record order, and the tables' specs."""
+    by_table: dict[str, list[dict[str, Any]]] = {}
+    specs: dict[str, TableSpec] = {}
+    for item in items:
+        for spec, row in item.rows:
+            rows = by_table.get(spec.qualname)
+            if rows is None:
+                rows = by_table[spec.qualname] = []
+                specs[spec.qualname] = spec
+            rows.append(row)
+    return by_table, specs
+
+
+def _count(sr: StreamReport, items: list[Item], changes: list[ChangeSet]) -> None:
+    """Add a written batch to the stream's report."""
+    for cs in changes:
+        sr.add_table(cs)
+    new = sum(1 for item in items if item.old is None)
+    sr.new += new
+    sr.changed += len(items) - new
 
 
 class _RetryError(Exception):
