@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import networkx as nx
 import pydantic
@@ -33,7 +33,8 @@ from limsync.pipeline import ledger, state, versions
 from limsync.pipeline.database import Database
 from limsync.pipeline.graph import build_graph, load_order
 from limsync.pipeline.locks import Lock
-from limsync.pipeline.upsert import validate_row
+from limsync.pipeline.tables import TableSpec
+from limsync.pipeline.validation import validate_batch, validate_row
 from limsync.sync import logcontext
 from limsync.sync.identity import Identity, seen_id
 from limsync.sync.mapping import Mapper, resolve_lookups
@@ -403,17 +404,15 @@ class SyncEngine:
                 conn = dry_conn or stack.enter_context(self.db.engine.connect())
                 problems = resolve_lookups(self.db, conn, [(spec, row) for _, spec, row in flat])
         unresolved = {id(flat[i][0]): msg for i, msg in problems.items()}
+        row_errors = _validate_rows([item for item in mapped if id(item) not in unresolved])
         ready: list[Item] = []
         for item in mapped:
             if id(item) in unresolved:
                 quarantined.append((item.ktext, "reference", unresolved[id(item)], item.raw))
-                continue
-            try:
-                item.rows = [(spec, validate_row(spec, row)) for spec, row in item.rows]
-            except RowError as exc:
-                quarantined.append((item.ktext, "row", str(exc), item.raw))
-                continue
-            ready.append(item)
+            elif id(item) in row_errors:
+                quarantined.append((item.ktext, "row", str(row_errors[id(item)]), item.raw))
+            else:
+                ready.append(item)
         stored_versions = self._stored_versions.get(name)
         if stored_versions is not None:
             value = self.connector.cursor_value
@@ -555,6 +554,40 @@ class SyncEngine:
             ledger.forget(conn, self.st, self.name, name, gone)
             versions.drop(conn, self.st, self.name, name, gone)
         sr.deleted = len(gone)
+
+
+def _validate_rows(items: Sequence[Item]) -> dict[int, RowError]:
+    """Validate the items' rows in place, a table at a time; ``id(item) -> error`` of the bad.
+
+    One call into pydantic-core per table instead of one per row. When a table's rows fail,
+    they are validated one by one, and a record with several bad rows gets the error of its
+    first (in the order its mapping produced them), as validating record by record would.
+    """
+    by_table: dict[str, tuple[TableSpec, list[tuple[Item, int]]]] = {}
+    for item in items:
+        for pos, (spec, _) in enumerate(item.rows):
+            entry = by_table.get(spec.qualname)
+            if entry is None:
+                entry = by_table[spec.qualname] = (spec, [])
+            entry[1].append((item, pos))
+    failed: dict[int, tuple[int, RowError]] = {}  # id(item) -> (row position, its error)
+    for spec, places in by_table.values():
+        rows: list[Mapping[str, Any]] = [item.rows[pos][1] for item, pos in places]
+        try:
+            # Each a model's own __dict__, which nothing else holds: no copy needed.
+            valid = cast(list[dict[str, Any]], validate_batch(spec, rows))
+        except RowError:
+            for (item, pos), row in zip(places, rows, strict=True):
+                try:
+                    item.rows[pos] = (spec, validate_row(spec, row))
+                except RowError as exc:
+                    earlier = failed.get(id(item))
+                    if earlier is None or pos < earlier[0]:
+                        failed[id(item)] = (pos, exc)
+            continue
+        for (item, pos), row in zip(places, valid, strict=True):
+            item.rows[pos] = (spec, row)
+    return {k: exc for k, (_, exc) in failed.items()}
 
 
 def _short(exc: pydantic.ValidationError) -> str:

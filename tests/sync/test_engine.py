@@ -211,6 +211,38 @@ def test_bad_records_are_quarantined_and_replayed(db: Database) -> None:
     assert db.count(Mouse) == 4
 
 
+def test_bad_rows_quarantine_their_record_with_the_first_bad_rows_error(db: Database) -> None:
+    """Rows are validated a table at a time; each bad record still gets its own first error."""
+    from limsync.errors import RowError
+    from limsync.pipeline.validation import validate_row
+    from limsync.sync import admin
+
+    data = dataset()
+    long_tag, long_name = "t" * 20, "n" * 20
+    data["mice"] += [
+        {"id": str(uuid.UUID(int=7)), "nickname": long_name, "lab": "cortex", "tags": [long_tag]},
+        {"id": str(uuid.UUID(int=8)), "nickname": "m8", "lab": "cortex", "tags": ["ok", long_tag]},
+    ]
+    report = make_engine(db, data).run(streams=["labs", "mice"])
+    assert report.ok and report.streams[1].quarantined == 2
+
+    def error(table: Any, row: dict[str, Any]) -> str:
+        with pytest.raises(RowError) as info:
+            validate_row(table.spec, row)
+        return str(info.value)
+
+    found = {i["source_key"]: (i["stage"], i["error"]) for i in admin.quarantine_list(db, "mem")}
+    u7, u8 = uuid.UUID(int=7), uuid.UUID(int=8)
+    assert found == {
+        f'["{u7}"]': (
+            "row",
+            error(Mouse, {"mouse_uuid": u7, "lab_name": "cortex", "nickname": long_name}),
+        ),
+        f'["{u8}"]': ("row", error(Tag, {"mouse_uuid": u8, "tag": long_tag})),
+    }
+    assert db.count(Mouse) == 3 and db.count(Tag) == 2  # the good ones landed
+
+
 def test_delete_policies(db: Database) -> None:
     data = dataset()
     make_engine(db, data).run()
