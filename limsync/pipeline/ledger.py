@@ -273,8 +273,14 @@ def targets_text(targets: Iterable[tuple[str, Sequence[Any]]]) -> str:
 def targets_text_of(targets: Iterable[tuple[str, str]]) -> str:
     """:func:`targets_text` of (table, :func:`key_text`) pairs, for a caller that has the key
     texts already (the writer builds each row's once, for the ledger and the outbox)."""
-    parts = [f"[{encode_basestring_ascii(table)},{text}]" for table, text in targets]
-    return "[" + ",".join(parts) + "]"
+    head = _target_head
+    return "[" + ",".join([head(table) + text + "]" for table, text in targets]) + "]"
+
+
+@functools.lru_cache(maxsize=1024)
+def _target_head(table: str) -> str:
+    # A few tables, a row per record each: their JSON is built once.
+    return f"[{encode_basestring_ascii(table)},"
 
 
 def _select_sql(conn: sa.Connection, st: StateTables, columns: str, n: int) -> str:

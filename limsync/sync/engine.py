@@ -563,12 +563,12 @@ def _validate_rows(items: Sequence[Item]) -> dict[int, RowError]:
     they are validated one by one, and a record with several bad rows gets the error of its
     first (in the order its mapping produced them), as validating record by record would.
     """
-    by_table: dict[str, tuple[TableSpec, list[tuple[Item, int]]]] = {}
+    by_table: dict[int, tuple[TableSpec, list[tuple[Item, int]]]] = {}  # by id(spec)
     for item in items:
         for pos, (spec, _) in enumerate(item.rows):
-            entry = by_table.get(spec.qualname)
+            entry = by_table.get(id(spec))
             if entry is None:
-                entry = by_table[spec.qualname] = (spec, [])
+                entry = by_table[id(spec)] = (spec, [])
             entry[1].append((item, pos))
     failed: dict[int, tuple[int, RowError]] = {}  # id(item) -> (row position, its error)
     for spec, places in by_table.values():

@@ -167,26 +167,37 @@ class BatchWriter:
     ) -> None:
         """The batch's outbox rows and ledger entries, each row's key text built once."""
         key_text = ledger.key_text
-        texts: dict[str, dict[Key, str]] = {}  # table -> key -> key text
+        # Per table, in row order: the rows' keys and key texts (the ledger's targets need the
+        # texts, and the outbox needs them again for the keys the ChangeSets list).
+        tables: dict[int, tuple[str, list[Key], list[str]]] = {}
         entries: list[tuple[str, str, str]] = []
         for item in items:
             targets = []
             for spec, row in item.rows:
-                key = spec.key_of(row)
-                table = texts.get(spec.qualname)
+                table = tables.get(id(spec))
                 if table is None:
-                    table = texts[spec.qualname] = {}
-                text = table[key] = key_text(key)
-                targets.append((spec.qualname, text))
+                    table = tables[id(spec)] = (spec.qualname, [], [])
+                key = spec.key_of(row)
+                text = key_text(key)
+                table[1].append(key)
+                table[2].append(text)
+                targets.append((table[0], text))
             entries.append((item.ktext, item.hash, ledger.targets_text_of(targets)))
+        by_name = {qualname: (keys, texts) for qualname, keys, texts in tables.values()}
         for cs in changes:
-            # Keys go in as they are: their key text is that of their JSON values. The
-            # ChangeSet's keys are those of the rows written, so they are found in ``texts``.
-            known = texts.get(cs.table, {})
-            for change, keys in (("insert", cs.inserted), ("update", cs.updated)):
-                if keys:
-                    out = [known.get(k) or key_text(k) for k in keys]
-                    ledger.emit_texts(conn, self.st, cs.table, out, change, run_id)
+            keys, texts = by_name.get(cs.table, ([], []))
+            lookup: dict[Key, str] | None = None
+            for change, changed in (("insert", cs.inserted), ("update", cs.updated)):
+                if not changed:
+                    continue
+                # Keys go in as they are: their key text is that of their JSON values. A first
+                # load inserts every row, in row order (a C-level list comparison tells).
+                if changed == keys:
+                    out = texts
+                else:
+                    lookup = lookup or dict(zip(keys, texts, strict=True))
+                    out = [lookup.get(k) or key_text(k) for k in changed]
+                ledger.emit_texts(conn, self.st, cs.table, out, change, run_id)
         ledger.record(
             conn,
             self.st,
@@ -271,16 +282,24 @@ def _by_table(
     items: list[Item],
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, TableSpec]]:
     """The batch's rows per table, in record order, and the tables' specs."""
-    by_table: dict[str, list[dict[str, Any]]] = {}
-    specs: dict[str, TableSpec] = {}
+    # Keyed by id(spec) while looping: qualname is a property, built anew at every call.
+    rows_of: dict[int, list[dict[str, Any]]] = {}
+    spec_of: dict[int, TableSpec] = {}
     for item in items:
         for spec, row in item.rows:
-            rows = by_table.get(spec.qualname)
+            rows = rows_of.get(id(spec))
             if rows is None:
-                rows = by_table[spec.qualname] = []
-                specs[spec.qualname] = spec
+                rows = rows_of[id(spec)] = []
+                spec_of[id(spec)] = spec
             rows.append(row)
-    return by_table, specs
+    specs = {spec.qualname: spec for spec in spec_of.values()}
+    if len(specs) < len(spec_of):  # two spec objects of one table (one mapper makes one)
+        by_table: dict[str, list[dict[str, Any]]] = {}
+        for item in items:
+            for spec, row in item.rows:
+                by_table.setdefault(spec.qualname, []).append(row)
+        return by_table, specs
+    return {spec.qualname: rows_of[i] for i, spec in spec_of.items()}, specs
 
 
 def _count(sr: StreamReport, items: list[Item], changes: list[ChangeSet]) -> None:
