@@ -15,12 +15,14 @@ on one record by those checks is isolated by bisecting the batch, each half in a
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import networkx as nx
@@ -37,7 +39,8 @@ from limsync.pipeline.tables import TableSpec
 from limsync.pipeline.validation import validate_batch, validate_row
 from limsync.sync import logcontext
 from limsync.sync.identity import Identity, seen_id
-from limsync.sync.mapping import Mapper, resolve_lookups
+from limsync.sync.mapping import Mapper, Wanted, resolve_lookups, wanted_lookups
+from limsync.sync.overlap import WriteBehind
 from limsync.sync.report import StreamReport, SyncReport
 from limsync.sync.writer import BatchWriter, Item
 
@@ -62,6 +65,25 @@ class _StopRequestedError(Exception):
     """The engine's stop flag was set: leave the run between two batches."""
 
 
+@dataclass
+class _Prepared:
+    """A batch validated, hashed and mapped: what its transaction writes."""
+
+    name: str
+    ready: list[Item]
+    quarantined: list[tuple[str, str, str, Any]]
+    sr: StreamReport
+    run_id: int
+    new_cursor: str | None
+    dry_conn: sa.Connection | None
+    found_first: int  # keys first seen by this scan that the ledger held already
+
+    @property
+    def writes(self) -> bool:
+        """False when the batch has nothing to write (unchanged records only)."""
+        return bool(self.ready or self.quarantined or self.new_cursor is not None)
+
+
 class SyncEngine:
     """Syncs one connector instance into one database.
 
@@ -69,6 +91,10 @@ class SyncEngine:
     run as ``interrupted`` and returns; nothing is left half-written, and the stream's cursor
     stays where it was, so the next run reads the rest. A ``KeyboardInterrupt`` (a hard stop)
     rolls the open batch back and is recorded as ``interrupted`` too.
+
+    ``overlap``: on MariaDB and PostgreSQL, write each batch in a background thread while the
+    next one is read and prepared (:mod:`limsync.sync.overlap`); batches still commit one at a
+    time, in order. Off in dry runs and on SQLite.
     """
 
     def __init__(
@@ -80,6 +106,7 @@ class SyncEngine:
         batch_size: int = DEFAULT_BATCH,
         progress: Progress | None = None,
         stop: threading.Event | None = None,
+        overlap: bool = True,
     ) -> None:
         self.db = db
         self.connector = connector
@@ -88,6 +115,9 @@ class SyncEngine:
         self.batch_size = batch_size
         self.progress = progress
         self.stop = stop
+        # Write each batch while the next is prepared (see overlap.py): on database servers
+        # only. SQLite runs in this process, under the same GIL, and writes one at a time.
+        self.overlap = overlap and db.dialect != "sqlite"
         self.st = state.ensure(db)
         # Streams with quarantine entries: only those pay for releasing records that landed.
         self._open_quarantine: dict[str, bool] = {}
@@ -269,28 +299,42 @@ class SyncEngine:
             seen_all=(lambda: vouched.append(True)) if full else None,
         )
         pending: list[dict[str, Any]] = []
-        for page in self.connector.read(name, ctx):
-            if self._stop_requested():
-                raise _StopRequestedError  # the records read since the last batch are re-read
-            # Without a declared cursor the values would not be used (see new_cursor).
-            for raw in page if stream.cursor else ():
-                value = self.connector.cursor_value(name, raw)
-                if value is not None and (max_cursor is None or value > max_cursor):
-                    max_cursor = value
-            pending.extend(page)
-            sr.read += len(page)
-            if self.progress:
-                self.progress(name, len(page))
-            while len(pending) >= self.batch_size:
-                batch, pending = pending[: self.batch_size], pending[self.batch_size :]
-                held += self._process(name, stream, batch, sr, run_id, seen, None, dry_conn)
-                if dry_conn is None and time.monotonic() - refreshed >= refresh_every:
-                    lock.refresh()
-                    refreshed = time.monotonic()
+        writes = WriteBehind(self.overlap and dry_conn is None)
+        try:
+            for page in self.connector.read(name, ctx):
                 if self._stop_requested():
-                    raise _StopRequestedError
-        new_cursor = max_cursor if stream.cursor and max_cursor != cursor else None
-        held += self._process(name, stream, pending, sr, run_id, seen, new_cursor, dry_conn)
+                    raise _StopRequestedError  # the records read since the last batch: re-read
+                # Without a declared cursor the values would not be used (see new_cursor).
+                for raw in page if stream.cursor else ():
+                    value = self.connector.cursor_value(name, raw)
+                    if value is not None and (max_cursor is None or value > max_cursor):
+                        max_cursor = value
+                pending.extend(page)
+                sr.read += len(page)
+                if self.progress:
+                    self.progress(name, len(page))
+                while len(pending) >= self.batch_size:
+                    batch, pending = pending[: self.batch_size], pending[self.batch_size :]
+                    prep = self._prepare(name, stream, batch, sr, run_id, seen, None, dry_conn,
+                                         writes.wait)  # fmt: skip
+                    held += prep.found_first
+                    if prep.writes:
+                        writes.submit(functools.partial(self._commit, prep))
+                    if dry_conn is None and time.monotonic() - refreshed >= refresh_every:
+                        lock.refresh()
+                        refreshed = time.monotonic()
+                    if self._stop_requested():
+                        raise _StopRequestedError  # after the batch in flight (see finally)
+            new_cursor = max_cursor if stream.cursor and max_cursor != cursor else None
+            prep = self._prepare(name, stream, pending, sr, run_id, seen, new_cursor, dry_conn,
+                                 writes.wait)  # fmt: skip
+            held += prep.found_first
+            if prep.writes:
+                writes.submit(functools.partial(self._commit, prep))
+            writes.wait()
+        finally:
+            writes.close()  # a batch in flight commits (or fails) before the stream ends
+            held += writes.total
         if versioned:
             self._hold_versions(name, unheld, dry_conn)
         if full and not vouched:
@@ -323,6 +367,27 @@ class SyncEngine:
     ) -> int:
         """Validate, hash, map and write one batch; returns how many of its keys, first seen by
         this scan, the ledger now holds (found in it, or recorded by this batch)."""
+        prep = self._prepare(name, stream, raws, sr, run_id, seen, new_cursor, dry_conn)
+        return prep.found_first + (self._commit(prep) if prep.writes else 0)
+
+    def _prepare(
+        self,
+        name: str,
+        stream: Stream,
+        raws: list[dict[str, Any]],
+        sr: StreamReport,
+        run_id: int,
+        seen: set[int],
+        new_cursor: str | None,
+        dry_conn: sa.Connection | None,
+        settle: Callable[[], None] = lambda: None,
+    ) -> _Prepared:
+        """Validate, hash and map one batch: everything but its transaction (:meth:`_commit`).
+
+        ``settle`` waits for the previous batch's write, where this batch must see it: before
+        the ledger is asked about keys this scan read before (their first copy may be in that
+        batch), and before lookups into a table this stream writes itself.
+        """
         quarantined: list[tuple[str, str, str, Any]] = []
         ident = self._identity(stream)
         valid, invalid = ident.validate(raws)
@@ -345,6 +410,8 @@ class SyncEngine:
         # first record's hash is the one the dict keeps). A record of ``first`` is the first of
         # its key in the batch, so the hash asked about is its own.
         asked = dict(zip(reversed(texts), reversed(hashes), strict=True))
+        if again:
+            settle()
         with contextlib.ExitStack() as stack:
             conn = dry_conn or stack.enter_context(self.db.engine.connect())
             # Only the keys not held as present with that hash come back (none, for a batch
@@ -400,9 +467,13 @@ class SyncEngine:
         # No rows, nothing to look up (an unchanged batch): a checkout costs round trips (the
         # pool's ping and its rollback on return), ~0.2 ms each on MySQL.
         if flat:
+            pairs = [(spec, row) for _, spec, row in flat]
+            wanted = wanted_lookups(pairs)
+            if wanted and self._writes_itself(mapper, wanted):
+                settle()  # e.g. a subject's mother, stored by the batch before
             with contextlib.ExitStack() as stack:
                 conn = dry_conn or stack.enter_context(self.db.engine.connect())
-                problems = resolve_lookups(self.db, conn, [(spec, row) for _, spec, row in flat])
+                problems = resolve_lookups(self.db, conn, pairs, wanted)
         unresolved = {id(flat[i][0]): msg for i, msg in problems.items()}
         row_errors = _validate_rows([item for item in mapped if id(item) not in unresolved])
         ready: list[Item] = []
@@ -417,11 +488,15 @@ class SyncEngine:
         if stored_versions is not None:
             value = self.connector.cursor_value
             stored_versions.extend((texts[i], value(name, valid[i][0])) for i in kept)
-        if not ready and not quarantined and new_cursor is None:
-            return found_first
-        with self._batch_tx(dry_conn) as conn:
-            landed = self.writer.write(conn, ready, quarantined, sr, run_id, name)
-            ledger.quarantine(conn, self.st, self.name, name, quarantined, run_id)
+        return _Prepared(name, ready, quarantined, sr, run_id, new_cursor, dry_conn, found_first)
+
+    def _commit(self, prep: _Prepared) -> int:
+        """Write a prepared batch in one transaction; returns how many records new to the
+        ledger landed (they got their entry in it)."""
+        name, quarantined = prep.name, prep.quarantined
+        with self._batch_tx(prep.dry_conn) as conn:
+            landed = self.writer.write(conn, prep.ready, quarantined, prep.sr, prep.run_id, name)
+            ledger.quarantine(conn, self.st, self.name, name, quarantined, prep.run_id)
             # A key both landed and quarantined in one batch is a duplicate: keep its entry.
             held = {k for k, _, _, _ in quarantined}
             if quarantined:
@@ -429,15 +504,21 @@ class SyncEngine:
             if self._open_quarantine.get(name, True):
                 released = [i.ktext for i in landed if i.ktext not in held]
                 ledger.release_quarantine(conn, self.st, self.name, name, released)
-            if new_cursor is not None:
-                ledger.set_cursor(conn, self.st, self.name, name, new_cursor)
+            if prep.new_cursor is not None:
+                ledger.set_cursor(conn, self.st, self.name, name, prep.new_cursor)
+        stored_versions = self._stored_versions.get(name)
         if stored_versions is not None:
             stored_versions.extend(self._versions_of(name, landed))
-        sr.quarantined += len(quarantined)
+        prep.sr.quarantined += len(quarantined)
         if quarantined and self.on_quarantine is not None:
             self.on_quarantine(name, quarantined)
-        # Records new to the ledger that landed got their entry in this batch's transaction.
-        return found_first + sum(1 for i in landed if i.old is None)
+        return sum(1 for i in landed if i.old is None)
+
+    @staticmethod
+    def _writes_itself(mapper: Mapper, wanted: Wanted) -> bool:
+        """True when a lookup of the batch looks in a table its own stream writes."""
+        own = {t.qualname for t in mapper.targets}
+        return any(table in own for table, _, _ in wanted)
 
     def _versions_of(self, name: str, items: Sequence[Item]) -> list[tuple[str, str | None]]:
         return [(item.ktext, self.connector.cursor_value(name, item.raw)) for item in items]

@@ -157,17 +157,31 @@ class Lookup:
         return tuple(self.match[k] for k in self.signature()[1])
 
 
-def resolve_lookups(
-    db: Database, conn: Any, rows: Sequence[tuple[TableSpec, Row]]
-) -> dict[int, str]:
-    """Replace :class:`Lookup` values in ``rows`` in place; returns {row index: problem}."""
-    from limsync.pipeline.upsert import select_by_keys  # the SQL helpers live with the upsert
+Wanted = dict[tuple[str, tuple[str, ...], str], set[tuple[Any, ...]]]
+"""The lookups of some rows: values to match, by :meth:`Lookup.signature` (table first)."""
 
-    wanted: dict[tuple[str, tuple[str, ...], str], set[tuple[Any, ...]]] = {}
+
+def wanted_lookups(rows: Sequence[tuple[TableSpec, Row]]) -> Wanted:
+    """The :class:`Lookup` values in ``rows``, grouped by what can share one query."""
+    wanted: Wanted = {}
     for _, row in rows:
         for v in row.values():
             if isinstance(v, Lookup):
                 wanted.setdefault(v.signature(), set()).add(v.values())
+    return wanted
+
+
+def resolve_lookups(
+    db: Database, conn: Any, rows: Sequence[tuple[TableSpec, Row]], wanted: Wanted | None = None
+) -> dict[int, str]:
+    """Replace :class:`Lookup` values in ``rows`` in place; returns {row index: problem}.
+
+    ``wanted``: the rows' :func:`wanted_lookups`, when the caller has them already.
+    """
+    from limsync.pipeline.upsert import select_by_keys  # the SQL helpers live with the upsert
+
+    if wanted is None:
+        wanted = wanted_lookups(rows)
     if not wanted:
         return {}
     found: dict[tuple[str, tuple[str, ...], str], dict[tuple[Any, ...], list[Any]]] = {}
