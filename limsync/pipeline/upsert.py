@@ -46,11 +46,13 @@ from limsync.pipeline.codecs import Codec
 from limsync.pipeline.columns import ColumnType
 from limsync.pipeline.literals import LiteralError, row_literals
 from limsync.pipeline.tables import Table, TableSpec
+from limsync.pipeline.tries import Tries
 from limsync.pipeline.upsert_sql import (
     MAX_PARAMS,
     diff_sql,
     diff_tail,
     in_sql,
+    insert_sql,
     params,
     placeholder,
     write_sql,
@@ -95,6 +97,7 @@ def upsert(
     batch_rows: int = DEFAULT_BATCH_ROWS,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
     memory_keys: int | None = DEFAULT_MEMORY_KEYS,
+    optimistic: bool = True,
 ) -> ChangeSet:
     """Insert new rows and update changed ones, inside the caller's transaction.
 
@@ -113,18 +116,33 @@ def upsert(
     (``None``: never spill). The ChangeSet then reads its lists from that file: ``close()`` it,
     or use it in a ``with`` block, to delete the file at once; otherwise it goes when the
     ChangeSet is garbage-collected.
+
+    ``optimistic``: first try each batch as a plain ``INSERT`` in a savepoint, which is all a
+    batch of new rows needs (a first load: no diff is sent); a batch holding a stored key, or
+    a bad row, is refused whole and takes the diff instead. After a refusal the next tries are
+    spaced out (:class:`~limsync.pipeline.tries.Tries`), so upserting rows that are mostly
+    stored pays for a few refused statements only. Not tried where the database would accept
+    what the diff refuses: a missing parent when it does not enforce foreign keys, or a parent
+    in the same batch in a table that references itself.
     """
     spec = _spec(table)
     db.register(spec)
     plan = _plan(db, spec)
     outcome = Outcome(plan.encode_key, memory_keys)
     per_batch = max(1, min(batch_rows, MAX_PARAMS[db.dialect] // max(1, len(spec.columns))))
+    tries = Tries() if optimistic and _may_insert(conn, spec, check_parents) else None
     it = iter(rows)
     try:
         while chunk := list(islice(it, per_batch)):
             valid = validate_batch(spec, chunk) if validate else chunk
             for part in _split_by_bytes(plan, _encode_unique(plan, spec, valid), batch_bytes):
-                _upsert_part(db, conn, spec, plan, part, check_parents, outcome)
+                literals = _literal_rows(spec, plan, part) if plan.literals is not None else None
+                if tries is not None and tries.due():
+                    if _insert_part(db, conn, spec, plan, part, literals, outcome):
+                        tries.succeeded()
+                        continue
+                    tries.failed()
+                _upsert_part(db, conn, spec, plan, part, check_parents, outcome, literals)
     except BaseException:
         outcome.close()  # the spill file goes now, not when the traceback is collected
         raise
@@ -249,9 +267,9 @@ def _upsert_part(
     part: list[_Encoded],
     check_parents: bool,
     outcome: Outcome,
+    literals: list[str] | None,
 ) -> None:
     """Diff one part of a batch with the stored rows; write the new and changed rows only."""
-    literals = _literal_rows(spec, plan, part) if plan.literals is not None else None
     found = {int(r[0]): r for r in _diff(db, conn, spec, plan, part, literals, check_parents)}
     stored = _stored_rows(db, conn, spec, plan, [part[i][1] for i, r in found.items() if not r[1]])
     # Per returned row: its status relative to the stored row, and that row's digest.
@@ -280,6 +298,44 @@ def _upsert_part(
         chosen = sorted(verdicts)
         texts = [literals[i] for i in chosen] if literals is not None else None
         _write(db, conn, spec, [part[i] for i in chosen], texts)
+
+
+def _may_insert(conn: sa.Connection, spec: TableSpec, check_parents: bool) -> bool:
+    """Whether a refused plain INSERT is as good a check as the diff, for this table."""
+    if not check_parents or not spec.foreign_keys:
+        return True
+    if any(fk.parent == spec.qualname for fk in spec.foreign_keys):
+        return False  # the diff refuses a child whose parent comes in the same batch
+    from limsync.pipeline.insert import enforces_foreign_keys  # it builds on this module
+
+    return enforces_foreign_keys(conn)
+
+
+def _insert_part(
+    db: Database,
+    conn: sa.Connection,
+    spec: TableSpec,
+    plan: _Plan,
+    part: list[_Encoded],
+    literals: list[str] | None,
+    outcome: Outcome,
+) -> bool:
+    """One part as a plain INSERT in a savepoint: True when the database took every row (all
+    new, then), False with nothing written when it refused the statement."""
+    try:
+        with conn.begin_nested():
+            if literals is not None:
+                values = ", ".join(f"({text})" for text in literals)
+                conn.exec_driver_sql(_no_params(insert_sql(db, spec, 0) + values))
+            else:
+                encoded = [enc for _, _, enc in part]
+                conn.exec_driver_sql(insert_sql(db, spec, len(part)), params(db, encoded))
+    except (sa.exc.IntegrityError, sa.exc.DataError):
+        return False  # a stored key, a missing parent, a bad value: the diff says which
+    # A key of an earlier batch of this call is stored by now, so the INSERT would have been
+    # refused: every key is new to the call as well.
+    _record(plan, part, dict.fromkeys(range(len(part)), (INSERTED, 0)), outcome)
+    return True
 
 
 def _stored_rows(

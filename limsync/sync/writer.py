@@ -32,6 +32,7 @@ from limsync.pipeline.graph import load_order
 from limsync.pipeline.insert import enforces_foreign_keys, insert_new
 from limsync.pipeline.state import StateTables
 from limsync.pipeline.tables import TableSpec
+from limsync.pipeline.tries import Tries
 from limsync.pipeline.upsert import ChangeSet, missing_parents, upsert
 from limsync.sync.mapping import key_from_json, key_json
 from limsync.sync.report import StreamReport
@@ -66,9 +67,8 @@ class BatchWriter:
         self.optimistic = optimistic
         # Parent keys found by committed batches (see missing_parents' cache).
         self._parents: dict[str, set[Key]] = {}
-        # Per stream: optimistic writes that failed in a row, and batches left to skip them for.
-        self._fast_failures: dict[str, int] = {}
-        self._fast_skip: dict[str, int] = {}
+        # Per stream: when to try an optimistic write again after one failed.
+        self._tries: dict[str, Tries] = {}
 
     def forget_parents(self) -> None:
         """Drop the cache of parent keys known to exist."""
@@ -126,9 +126,8 @@ class BatchWriter:
         """
         if not self.optimistic or any(item.old is not None for item in items):
             return False  # changed records need the diff, and their stale rows deleted
-        skip = self._fast_skip.get(name, 0)
-        if skip:
-            self._fast_skip[name] = skip - 1
+        tries = self._tries.setdefault(name, Tries(MAX_SKIP))
+        if not tries.due():
             return False
         by_table, specs = _by_table(items)
         # A row referencing a row of its own table: the careful path checks parents before
@@ -148,12 +147,11 @@ class BatchWriter:
         except (sa.exc.DBAPIError, RowError) as exc:
             if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
                 raise  # nothing to fall back on
-            failures = self._fast_failures[name] = self._fast_failures.get(name, 0) + 1
             # 1, 3, 7, ... batches: a stream whose rows are mostly stored already (written by
             # another tool) stops paying for statements that fail, one bad record does not.
-            self._fast_skip[name] = min(2**failures - 1, MAX_SKIP)
+            tries.failed()
             return False
-        self._fast_failures[name] = 0
+        tries.succeeded()
         _count(sr, items, changes)
         return True
 
@@ -240,7 +238,11 @@ class BatchWriter:
                 # roll back, set the bad records aside and write again.
                 break
             rows = [r for _, r in pairs]
-            changes.append(upsert(self.db, conn, spec, rows, validate=False, check_parents=False))
+            # Not optimistic: this path runs because the ledger says some records are stored.
+            changes.append(
+                upsert(self.db, conn, spec, rows, validate=False, check_parents=False,
+                       optimistic=False)
+            )  # fmt: skip
         if bad:
             return list(bad.values()), []
         # Rows a changed record produced before but no longer does (e.g. a removed project).

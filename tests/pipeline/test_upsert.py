@@ -372,19 +372,56 @@ def test_batches_are_bounded_by_rows_and_by_bytes(pipeline: Database) -> None:
     with statements(db) as sent:
         cs = write(db, Session, rows, batch_rows=3)
     assert inserts(sent) == 2 and len(cs.inserted) == 4
+    # Stored rows from here on: no plain INSERT tried first, so every INSERT is a write.
     rows = [session_row(0, n, trace=traces[n] + 1) for n in range(4)]
     with statements(db) as sent:
-        cs = write(db, Session, rows, batch_bytes=400_000)  # one row (hex: 320 kB) per statement
+        # One row (hex: 320 kB) per statement.
+        cs = write(db, Session, rows, batch_bytes=400_000, optimistic=False)
     assert inserts(sent) == 4 and len(cs.updated) == 4
     rows = [session_row(0, n, trace=traces[n] + 2) for n in range(4)]
     with statements(db) as sent:
-        cs = write(db, Session, rows, batch_bytes=1_000)  # a row larger than the limit still goes
+        # A row larger than the limit still goes.
+        cs = write(db, Session, rows, batch_bytes=1_000, optimistic=False)
     assert inserts(sent) == 4 and len(cs.updated) == 4
     with statements(db) as sent:
-        cs = write(db, Session, rows)
+        cs = write(db, Session, rows, optimistic=False)
     assert inserts(sent) == 0 and len(cs.unchanged) == 4  # nothing changed: no INSERT at all
     for fetched, trace in zip(db.fetch(Session), traces, strict=True):
         np.testing.assert_array_equal(fetched["trace"], trace + 2)
+
+
+def test_a_first_load_is_plain_inserts_and_stored_rows_take_the_diff(pipeline: Database) -> None:
+    db = pipeline
+    write(db, Subject, [subject_row(0)])
+    rows = [session_row(0, n) for n in range(40)]
+
+    def kinds(sent: list[str]) -> list[str]:
+        out = []
+        for s in sent:
+            text = s.lstrip().upper()
+            if "ON CONFLICT" in text or "ON DUPLICATE KEY" in text:
+                out.append("upsert")
+            elif text.startswith("INSERT"):
+                out.append("insert")
+            elif text.startswith(("WITH", "SET STATEMENT", "SELECT")) and "LEFT JOIN" in text:
+                out.append("diff")
+        return out
+
+    with statements(db) as sent:
+        cs = write(db, Session, rows, batch_rows=4)
+    assert kinds(sent) == ["insert"] * 10 and len(cs.inserted) == 40
+    # All stored: the first batch's INSERT is refused, and the next tries are spaced out
+    # (batches 1, 3 and 7 of ten), each refused batch taking the diff as the others do.
+    changed = [session_row(0, n, n_trials=7) for n in range(40)]
+    with statements(db) as sent:
+        cs = write(db, Session, changed, batch_rows=4)
+    assert kinds(sent).count("insert") == 3
+    assert kinds(sent).count("diff") == 10 and kinds(sent).count("upsert") == 10
+    assert len(cs.updated) == 40 and db.count(Session) == 40
+    # New and stored rows in one batch: the INSERT is refused, nothing of it stays.
+    mixed = [session_row(0, n) for n in range(38, 42)]
+    cs = write(db, Session, mixed, batch_rows=4)
+    assert (len(cs.inserted), len(cs.updated)) == (2, 2) and db.count(Session) == 42
 
 
 def test_a_large_blob_round_trips(pipeline: Database) -> None:
