@@ -252,6 +252,10 @@ class SyncEngine:
             conn = dry_conn or stack.enter_context(self.db.engine.connect())
             cursor = ledger.get_cursor(conn, self.st, self.name, name)
             self._open_quarantine[name] = ledger.has_quarantine(conn, self.st, self.name, name)
+            # A stream the ledger holds nothing of (a first load): the keys this scan reads for
+            # the first time are new without asking. Entries it gains meanwhile are this scan's
+            # own (the lock keeps other writers out), asked about as keys read again.
+            fresh = ledger.count(conn, self.st, self.name, name) == 0
         self.writer.forget_parents()  # known parents are kept within one stream's read only
         # Keys this scan has seen, as 128-bit digests of their key text (see seen_id).
         seen: set[int] = set()
@@ -316,7 +320,7 @@ class SyncEngine:
                 while len(pending) >= self.batch_size:
                     batch, pending = pending[: self.batch_size], pending[self.batch_size :]
                     prep = self._prepare(name, stream, batch, sr, run_id, seen, None, dry_conn,
-                                         writes.wait)  # fmt: skip
+                                         writes.wait, fresh=fresh)  # fmt: skip
                     held += prep.found_first
                     if prep.writes:
                         writes.submit(functools.partial(self._commit, prep))
@@ -327,7 +331,7 @@ class SyncEngine:
                         raise _StopRequestedError  # after the batch in flight (see finally)
             new_cursor = max_cursor if stream.cursor and max_cursor != cursor else None
             prep = self._prepare(name, stream, pending, sr, run_id, seen, new_cursor, dry_conn,
-                                 writes.wait)  # fmt: skip
+                                 writes.wait, fresh=fresh)  # fmt: skip
             held += prep.found_first
             if prep.writes:
                 writes.submit(functools.partial(self._commit, prep))
@@ -381,12 +385,15 @@ class SyncEngine:
         new_cursor: str | None,
         dry_conn: sa.Connection | None,
         settle: Callable[[], None] = lambda: None,
+        *,
+        fresh: bool = False,
     ) -> _Prepared:
         """Validate, hash and map one batch: everything but its transaction (:meth:`_commit`).
 
         ``settle`` waits for the previous batch's write, where this batch must see it: before
         the ledger is asked about keys this scan read before (their first copy may be in that
-        batch), and before lookups into a table this stream writes itself.
+        batch), and before lookups into a table this stream writes itself. ``fresh``: the
+        ledger held nothing of the stream when the scan began.
         """
         quarantined: list[tuple[str, str, str, Any]] = []
         ident = self._identity(stream)
@@ -416,7 +423,15 @@ class SyncEngine:
             conn = dry_conn or stack.enter_context(self.db.engine.connect())
             # Only the keys not held as present with that hash come back (none, for a batch
             # of unchanged records): every other key is present with the hash asked about.
-            odd = ledger.mismatches(conn, self.st, self.name, name, asked)
+            if fresh:
+                read_again = {texts[i] for i in again}
+                odd: dict[str, tuple[str, str] | None]
+                odd = {t: None for t in asked if t not in read_again}
+                if read_again:
+                    ask = {t: asked[t] for t in read_again}
+                    odd.update(ledger.mismatches(conn, self.st, self.name, name, ask))
+            else:
+                odd = ledger.mismatches(conn, self.st, self.name, name, asked)
             found_first = 0
             todo: list[Item] = []
             kept: list[int] = []  # unchanged: their source versions are held all the same

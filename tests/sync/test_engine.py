@@ -380,3 +380,27 @@ def test_duplicate_keys_on_first_sync_and_resync(db: Database) -> None:
         assert mice_report.new + mice_report.unchanged == 5, run
         assert (mice_report.new, mice_report.changed) == ((5, 0) if run == 0 else (0, 0)), run
         assert db.count(Mouse) == 5
+
+
+def test_a_first_load_asks_the_ledger_only_about_keys_read_again(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger holds nothing of a stream before its first load: keys read for the first
+    time are new without asking; a key read again is asked about (its first copy is stored)."""
+    data = dataset()
+    data["mice"] = [*data["mice"], dict(data["mice"][0])]  # M1 again, in the same batch
+    asked: list[list[str]] = []
+    compare = ledger.mismatches
+
+    def spy(*args: Any) -> Any:
+        asked.append(sorted(args[4]))
+        return compare(*args)
+
+    monkeypatch.setattr(ledger, "mismatches", spy)
+    report = make_engine(db, data).run()
+    mice = next(s for s in report.streams if s.stream == "mice")
+    assert (mice.new, mice.duplicates, mice.quarantined) == (3, 1, 0)
+    assert asked == [[ledger.key_text((M1,))]]
+    asked.clear()
+    assert make_engine(db, data).run().counts()["unchanged"] == 14  # later runs ask about all
+    assert sum(len(a) for a in asked) == 14
