@@ -304,6 +304,15 @@ class SyncEngine:
         )
         pending: list[dict[str, Any]] = []
         writes = WriteBehind(self.overlap and dry_conn is None)
+
+        def handle(batch: list[dict[str, Any]], new_cursor: str | None) -> int:
+            """Prepare a batch and hand its write over; the keys found held (see _process)."""
+            prep = self._prepare(name, stream, batch, sr, run_id, seen, new_cursor, dry_conn,
+                                 writes.wait, fresh=fresh)  # fmt: skip
+            if prep.writes:
+                writes.submit(functools.partial(self._commit, prep))
+            return prep.found_first
+
         try:
             for page in self.connector.read(name, ctx):
                 if self._stop_requested():
@@ -319,22 +328,14 @@ class SyncEngine:
                     self.progress(name, len(page))
                 while len(pending) >= self.batch_size:
                     batch, pending = pending[: self.batch_size], pending[self.batch_size :]
-                    prep = self._prepare(name, stream, batch, sr, run_id, seen, None, dry_conn,
-                                         writes.wait, fresh=fresh)  # fmt: skip
-                    held += prep.found_first
-                    if prep.writes:
-                        writes.submit(functools.partial(self._commit, prep))
+                    held += handle(batch, None)
                     if dry_conn is None and time.monotonic() - refreshed >= refresh_every:
                         lock.refresh()
                         refreshed = time.monotonic()
                     if self._stop_requested():
                         raise _StopRequestedError  # after the batch in flight (see finally)
             new_cursor = max_cursor if stream.cursor and max_cursor != cursor else None
-            prep = self._prepare(name, stream, pending, sr, run_id, seen, new_cursor, dry_conn,
-                                 writes.wait, fresh=fresh)  # fmt: skip
-            held += prep.found_first
-            if prep.writes:
-                writes.submit(functools.partial(self._commit, prep))
+            held += handle(pending, new_cursor)
             writes.wait()
         finally:
             writes.close()  # a batch in flight commits (or fails) before the stream ends

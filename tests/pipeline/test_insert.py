@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from example import LAB, SCHEMAS, Lab, Session, Subject, probe_row, session_row, subject_row
 
 from limsync.errors import MissingParentError, RowError
 from limsync.pipeline import ChangeSet, Database, insert_new, upsert
 from limsync.pipeline.insert import enforces_foreign_keys
+from limsync.testing.sql import statements
 
 
 @pytest.fixture
@@ -23,21 +21,6 @@ def pipeline(db: Database) -> Database:
     with db.transaction() as conn:
         upsert(db, conn, Lab, [LAB])
     return db
-
-
-@contextmanager
-def statements(db: Database) -> Iterator[list[str]]:
-    """Collect the SQL statements sent while the block runs."""
-    sent: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        sent.append(statement)
-
-    sa.event.listen(db.engine, "before_cursor_execute", record)
-    try:
-        yield sent
-    finally:
-        sa.event.remove(db.engine, "before_cursor_execute", record)
 
 
 def insert(db: Database, table: Any, rows: list[dict[str, Any]], **options: Any) -> ChangeSet:

@@ -7,14 +7,12 @@ import gc
 import tempfile
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 import pytest
-import sqlalchemy as sa
 from example import (
     LAB,
     SCHEMAS,
@@ -34,6 +32,7 @@ from pydantic import Field
 from limsync.errors import MissingParentError, RowError
 from limsync.pipeline import ChangeSet, Database, Key, Manual, Schema, SqlType, upsert
 from limsync.pipeline.upsert import missing_parents, validate_rows
+from limsync.testing.sql import statements
 
 
 @pytest.fixture
@@ -53,21 +52,6 @@ def write(db: Database, table: Any, rows: Any, **options: Any) -> ChangeSet:
 
 def subject_key(n: int) -> tuple[uuid.UUID]:
     return (uuid.UUID(int=n + 1),)
-
-
-@contextmanager
-def statements(db: Database) -> Iterator[list[str]]:
-    """Collect the SQL statements sent while the block runs."""
-    sent: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        sent.append(statement)
-
-    sa.event.listen(db.engine, "before_cursor_execute", record)
-    try:
-        yield sent
-    finally:
-        sa.event.remove(db.engine, "before_cursor_execute", record)
 
 
 # --- exact ChangeSets ---------------------------------------------------------------------------

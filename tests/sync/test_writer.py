@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,6 +20,7 @@ from limsync.pipeline import Database, Key, Lookup, Manual, Ref, Schema, ledger,
 from limsync.pipeline.upsert import validate_row
 from limsync.sync.report import StreamReport
 from limsync.sync.writer import BatchWriter, Item
+from limsync.testing.sql import statements
 
 wref = Schema("wref")
 wsubj = Schema("wsubj")
@@ -79,21 +79,6 @@ class Outcome:
     quarantined: list[tuple[str, str, str, Any]]
     report: StreamReport
     sent: list[str]
-
-
-@contextmanager
-def statements(db: Database) -> Iterator[list[str]]:
-    """Collect the SQL statements sent while the block runs."""
-    sent: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        sent.append(statement)
-
-    sa.event.listen(db.engine, "before_cursor_execute", record)
-    try:
-        yield sent
-    finally:
-        sa.event.remove(db.engine, "before_cursor_execute", record)
 
 
 def prepare(db: Database) -> None:
