@@ -26,7 +26,6 @@ import json
 import os
 import pstats
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -77,6 +76,9 @@ def config(root: Path, url: str, prefix: str, batch_size: int) -> Path:
 def child(args: argparse.Namespace) -> None:
     """One backend: migrate twice, print one JSON line per phase."""
     sys.path.insert(0, str(FIXTURES))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from measure import peak_rss_mb
+
     from limsync.config.settings import load_settings
     from limsync.sync.migrate import migrate
 
@@ -93,7 +95,7 @@ def child(args: argparse.Namespace) -> None:
             profiler.disable()
         seconds = time.perf_counter() - started
         cpu = time.process_time() - cpu
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = peak_rss_mb()
         totals = result.reports[0].counts()
         line = {
             "phase": phase, "seconds": round(seconds, 2), "cpu": round(cpu, 2), "read": result.read,
