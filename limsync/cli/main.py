@@ -7,6 +7,7 @@ one line (``error: ...``) without a traceback.
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,11 @@ def cli(verbose: int, log_format: str) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    # This process is limsync's own, and what it has imported lives as long as it does: frozen
+    # out of the garbage collector's way, a long run's full collections no longer walk those
+    # ~95,000 objects (a sixth of a first load into MariaDB went there). As a library, limsync
+    # leaves its caller's collector alone; they can do the same after their imports.
+    gc.freeze()
     cli()
 
 

@@ -384,3 +384,18 @@ def test_python_dash_m_runs_the_cli() -> None:
     )
     assert done.returncode == 0
     assert "Usage:" in done.stdout
+
+
+def test_the_console_script_freezes_what_it_imported_before_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ``limsync`` entry point moves its imports out of the collector's way, then runs."""
+    import gc
+
+    from limsync.cli import main as entry
+
+    calls: list[str] = []
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(entry, "cli", lambda: calls.append("cli"))
+    entry.main()
+    assert calls == ["freeze", "cli"]
