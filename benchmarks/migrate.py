@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import io
 import json
 import os
@@ -84,6 +85,7 @@ def child(args: argparse.Namespace) -> None:
 
     settings = load_settings(args.config)
     timings = _time_statements() if args.statements else None
+    gc.freeze()  # as the limsync command does once it has imported everything (cli/main.py)
     for phase in ("first", "unchanged"):
         profiler = cProfile.Profile() if args.profile and phase == "first" else None
         started = time.perf_counter()
