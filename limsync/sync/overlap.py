@@ -32,11 +32,6 @@ class WriteBehind:
         self._pending: Future[int] | None = None
         self.total = 0
 
-    @property
-    def enabled(self) -> bool:
-        """True when writes run in the background."""
-        return self._pool is not None
-
     def submit(self, write: Callable[[], int]) -> None:
         """Run ``write`` once the write before it has finished: in the background, or now."""
         self.wait()
