@@ -16,21 +16,23 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from limsync.errors import MissingParentError, RowError
+from limsync.pipeline.batch import (
+    Encoded,
+    Plan,
+    encode_unique,
+    literal_rows,
+    no_params,
+    plan_for,
+    row_error_from_db,
+    split_by_bytes,
+    table_spec,
+)
 from limsync.pipeline.changes import ChangeSet
 from limsync.pipeline.tables import Table, TableSpec
 from limsync.pipeline.upsert import (
     DEFAULT_BATCH_BYTES,
     DEFAULT_BATCH_ROWS,
-    _encode_unique,
-    _Encoded,
-    _existing_keys,
-    _literal_rows,
-    _no_params,
-    _Plan,
-    _plan,
-    _row_error_from_db,
-    _spec,
-    _split_by_bytes,
+    existing_keys,
     missing_parents,
 )
 from limsync.pipeline.upsert_sql import MAX_PARAMS, insert_sql, params
@@ -65,15 +67,15 @@ def insert_new(
     some rows may be stored already. Only use this where the database enforces foreign keys
     (limsync's SQLite connections switch them on; see ``Database``).
     """
-    spec = _spec(table)
+    spec = table_spec(table)
     db.register(spec)
-    plan = _plan(db, spec)
+    plan = plan_for(db, spec)
     valid = validate_batch(spec, list(rows)) if validate else rows
-    unique = _encode_unique(plan, spec, valid)
+    unique = encode_unique(plan, spec, valid)
     per_batch = max(1, min(batch_rows, MAX_PARAMS[db.dialect] // max(1, len(spec.columns))))
     for start in range(0, len(unique), per_batch):
-        for part in _split_by_bytes(plan, unique[start : start + per_batch], batch_bytes):
-            texts = _literal_rows(spec, plan, part) if plan.literals is not None else None
+        for part in split_by_bytes(plan, unique[start : start + per_batch], batch_bytes):
+            texts = literal_rows(spec, plan, part) if plan.literals is not None else None
             _insert(db, conn, spec, plan, part, texts)
     return ChangeSet(spec.qualname, inserted=[key for key, _, _ in unique])
 
@@ -82,29 +84,29 @@ def _insert(
     db: Database,
     conn: sa.Connection,
     spec: TableSpec,
-    plan: _Plan,
-    part: list[_Encoded],
+    plan: Plan,
+    part: list[Encoded],
     texts: list[str] | None,
 ) -> None:
     try:
         if texts is not None:
             sql = insert_sql(db, spec, 0) + ", ".join(f"({text})" for text in texts)
-            conn.exec_driver_sql(_no_params(sql))
+            conn.exec_driver_sql(no_params(sql))
         else:
             encoded = [enc for _, _, enc in part]
             conn.exec_driver_sql(insert_sql(db, spec, len(part)), params(db, encoded))
     except sa.exc.IntegrityError as exc:
         raise _insert_error(db, conn, spec, plan, part, exc) from None
     except sa.exc.DataError as exc:
-        raise _row_error_from_db(db, spec, exc, [k for k, _, _ in part]) from None
+        raise row_error_from_db(db, spec, exc, [k for k, _, _ in part]) from None
 
 
 def _insert_error(
     db: Database,
     conn: sa.Connection,
     spec: TableSpec,
-    plan: _Plan,
-    part: list[_Encoded],
+    plan: Plan,
+    part: list[Encoded],
     exc: sa.exc.IntegrityError,
 ) -> RowError:
     """The row an INSERT of new rows failed on, and why: already stored, or a missing parent.
@@ -114,11 +116,9 @@ def _insert_error(
     """
     keys = [k for k, _, _ in part]
     if db.dialect == "postgresql":
-        return _pg_insert_error(db, spec, plan, part, exc) or _row_error_from_db(
-            db, spec, exc, keys
-        )
+        return _pg_insert_error(db, spec, plan, part, exc) or row_error_from_db(db, spec, exc, keys)
     try:
-        stored = _existing_keys(db, conn, spec, spec.primary_key, [ekey for _, ekey, _ in part])
+        stored = existing_keys(db, conn, spec, spec.primary_key, [ekey for _, ekey, _ in part])
         for key, ekey, _ in part:
             if ekey in stored:
                 return RowError(spec.qualname, spec.key_dict(key), None, _ALREADY_STORED)
@@ -128,7 +128,7 @@ def _insert_error(
             return err
     except sa.exc.DBAPIError:  # the connection is gone: the driver's own message must do
         pass
-    return _row_error_from_db(db, spec, exc, keys)
+    return row_error_from_db(db, spec, exc, keys)
 
 
 _ALREADY_STORED = "is already stored (insert_new writes new rows only)"
@@ -140,7 +140,7 @@ _PG_DETAIL = re.compile(
 
 
 def _pg_insert_error(
-    db: Database, spec: TableSpec, plan: _Plan, part: list[_Encoded], exc: sa.exc.IntegrityError
+    db: Database, spec: TableSpec, plan: Plan, part: list[Encoded], exc: sa.exc.IntegrityError
 ) -> RowError | None:
     """PostgreSQL: the RowError its DETAIL describes (``Key (a, b)=(1, x) already exists.``)."""
     diag = getattr(exc.orig, "diag", None)

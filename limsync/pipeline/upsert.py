@@ -16,22 +16,30 @@ tool, a SQLite datetime without microseconds) is not rewritten. Unchanged rows a
 rewritten, and the :class:`ChangeSet` lists the exact keys inserted, updated and unchanged on
 every dialect, relative to the table before the call, however the rows were batched.
 
-:func:`insert.insert_new` is its shortcut for rows the caller holds to be new (a first load),
-built on the same plan, encoding and batching.
+:func:`insert.insert_new` is its shortcut for rows the caller holds to be new (a first load);
+both build on :mod:`batch` (the per-table plan, encoding, byte limits, errors).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import islice
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from limsync.errors import MissingParentError, RowError
+from limsync.errors import MissingParentError
+from limsync.pipeline.batch import (
+    Encoded,
+    Plan,
+    encode_unique,
+    literal_rows,
+    no_params,
+    plan_for,
+    row_error_from_db,
+    split_by_bytes,
+    table_spec,
+)
 from limsync.pipeline.changes import (
     DEFAULT_MEMORY_KEYS,
     INSERTED,
@@ -43,8 +51,6 @@ from limsync.pipeline.changes import (
     digest,
 )
 from limsync.pipeline.codecs import Codec
-from limsync.pipeline.columns import ColumnType
-from limsync.pipeline.literals import LiteralError, row_literals
 from limsync.pipeline.tables import Table, TableSpec
 from limsync.pipeline.tries import Tries
 from limsync.pipeline.upsert_sql import (
@@ -80,10 +86,6 @@ __all__ = [
 
 DEFAULT_BATCH_ROWS = 1000
 DEFAULT_BATCH_BYTES = 4 * 1024 * 1024  # far below MySQL's 16 MB default max_allowed_packet
-
-
-def _spec(table: type[Table] | TableSpec) -> TableSpec:
-    return table if isinstance(table, TableSpec) else table.spec
 
 
 def upsert(
@@ -125,9 +127,9 @@ def upsert(
     what the diff refuses: a missing parent when it does not enforce foreign keys, or a parent
     in the same batch in a table that references itself.
     """
-    spec = _spec(table)
+    spec = table_spec(table)
     db.register(spec)
-    plan = _plan(db, spec)
+    plan = plan_for(db, spec)
     outcome = Outcome(plan.encode_key, memory_keys)
     per_batch = max(1, min(batch_rows, MAX_PARAMS[db.dialect] // max(1, len(spec.columns))))
     tries = Tries() if optimistic and _may_insert(conn, spec, check_parents) else None
@@ -135,8 +137,8 @@ def upsert(
     try:
         while chunk := list(islice(it, per_batch)):
             valid = validate_batch(spec, chunk) if validate else chunk
-            for part in _split_by_bytes(plan, _encode_unique(plan, spec, valid), batch_bytes):
-                literals = _literal_rows(spec, plan, part) if plan.literals is not None else None
+            for part in split_by_bytes(plan, encode_unique(plan, spec, valid), batch_bytes):
+                literals = literal_rows(spec, plan, part) if plan.literals is not None else None
                 if tries is not None and tries.due():
                     if _insert_part(db, conn, spec, plan, part, literals, outcome):
                         tries.succeeded()
@@ -147,106 +149,6 @@ def upsert(
         outcome.close()  # the spill file goes now, not when the traceback is collected
         raise
     return outcome.changeset(spec.qualname)
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """Per table and database: the functions every batch uses."""
-
-    codecs: list[Codec]
-    encode: Callable[[Mapping[str, Any]], tuple[Any, ...]]
-    ekey: Callable[[tuple[Any, ...]], Key]  # encoded row -> encoded key
-    others: Callable[[tuple[Any, ...]], tuple[Any, ...]]  # encoded row -> non-key values
-    other_codecs: list[Codec]
-    key_codecs: list[Codec]
-    literals: Callable[[tuple[Any, ...]], str] | None  # MySQL only
-    fixed_bytes: int  # the most the bounded columns of a row can take in a statement
-    variable: list[int]  # columns without a bound (text, JSON, blobs): measured per row
-
-    def encode_key(self, key: Key) -> Key:
-        return tuple(c.encode(v) for c, v in zip(self.key_codecs, key, strict=True))
-
-
-def _getter(idx: list[int]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
-    if not idx:
-        return lambda row: ()
-    if len(idx) == 1:
-        (i,) = idx
-        return lambda row: (row[i],)
-    return itemgetter(*idx)
-
-
-def _plan(db: Database, spec: TableSpec) -> _Plan:
-    cache: dict[str, _Plan] = db.extensions.setdefault("upsert.plans", {})
-    plan = cache.get(spec.qualname)
-    if plan is None or plan.encode is not db.row_encoder(spec):
-        codecs = db.codecs(spec)
-        key_idx = [spec.column_names.index(k) for k in spec.primary_key]
-        other_idx = [i for i in range(len(codecs)) if i not in key_idx]
-        plan = cache[spec.qualname] = _Plan(
-            codecs=codecs,
-            encode=db.row_encoder(spec),
-            ekey=_getter(key_idx),
-            others=_getter(other_idx),
-            other_codecs=[codecs[i] for i in other_idx],
-            key_codecs=[codecs[i] for i in key_idx],
-            literals=row_literals([c.type for c in spec.columns])
-            if db.dialect == "mysql"
-            else None,
-            fixed_bytes=sum(_bound(c.type) or 0 for c in spec.columns),
-            variable=[i for i, c in enumerate(spec.columns) if _bound(c.type) is None],
-        )
-    return plan
-
-
-def _bound(t: ColumnType) -> int | None:
-    """The most one value of a type can take in a statement (hex on MySQL), None if unbounded."""
-    if t.kind in ("varchar", "char"):
-        return 2 * (t.length or 255) + 16
-    if t.kind in ("text", "json", "blob", "bytes"):
-        return None
-    return 48  # numbers, uuids (32 hex digits), TIMESTAMP'...' literals
-
-
-# One row on its way to the database: (primary key as given, encoded key, encoded row).
-_Encoded = tuple[Key, Key, tuple[Any, ...]]
-
-
-def _encode_unique(
-    plan: _Plan, spec: TableSpec, rows: Sequence[Mapping[str, Any]]
-) -> list[_Encoded]:
-    """Encode rows; of rows with the same *stored* key only the last is kept."""
-    encode, ekey_of, key_of = plan.encode, plan.ekey, spec.key_of
-    by_key: dict[Key, _Encoded] = {}
-    for row in rows:
-        enc = encode(row)
-        ekey = ekey_of(enc)
-        # Keys are compared encoded: two datetimes that truncate to the same datetime(3) key,
-        # or a uuid given as str and as UUID, are one row in the database. The last row wins;
-        # the key keeps its first position (the order of the ChangeSet).
-        by_key[ekey] = (key_of(row), ekey, enc)
-    return list(by_key.values())
-
-
-def _split_by_bytes(plan: _Plan, rows: list[_Encoded], limit: int) -> Iterator[list[_Encoded]]:
-    """Cut encoded rows into parts whose SQL stays under ``limit`` bytes."""
-    if not plan.variable and plan.fixed_bytes * len(rows) <= limit:
-        yield rows  # bounded columns only, and even the widest rows fit: nothing to measure
-        return
-    start = 0
-    size = 0
-    for i, (_, _, enc) in enumerate(rows):
-        # Bytes and text are hex-encoded on MySQL (two characters a byte).
-        n = plan.fixed_bytes
-        for j in plan.variable:
-            v = enc[j]
-            n += 16 if v is None else 2 * len(v) + 16
-        if i > start and size + n > limit:
-            yield rows[start:i]
-            start, size = i, 0
-        size += n
-    if start < len(rows):
-        yield rows[start:]
 
 
 def _normalised(codecs: list[Codec], enc: tuple[Any, ...], raw: Sequence[Any]) -> tuple[Any, ...]:
@@ -263,8 +165,8 @@ def _upsert_part(
     db: Database,
     conn: sa.Connection,
     spec: TableSpec,
-    plan: _Plan,
-    part: list[_Encoded],
+    plan: Plan,
+    part: list[Encoded],
     check_parents: bool,
     outcome: Outcome,
     literals: list[str] | None,
@@ -315,8 +217,8 @@ def _insert_part(
     db: Database,
     conn: sa.Connection,
     spec: TableSpec,
-    plan: _Plan,
-    part: list[_Encoded],
+    plan: Plan,
+    part: list[Encoded],
     literals: list[str] | None,
     outcome: Outcome,
 ) -> bool:
@@ -326,7 +228,7 @@ def _insert_part(
         with conn.begin_nested():
             if literals is not None:
                 values = ", ".join(f"({text})" for text in literals)
-                conn.exec_driver_sql(_no_params(insert_sql(db, spec, 0) + values))
+                conn.exec_driver_sql(no_params(insert_sql(db, spec, 0) + values))
             else:
                 encoded = [enc for _, _, enc in part]
                 conn.exec_driver_sql(insert_sql(db, spec, len(part)), params(db, encoded))
@@ -339,7 +241,7 @@ def _insert_part(
 
 
 def _stored_rows(
-    db: Database, conn: sa.Connection, spec: TableSpec, plan: _Plan, ekeys: list[Key]
+    db: Database, conn: sa.Connection, spec: TableSpec, plan: Plan, ekeys: list[Key]
 ) -> dict[Key, tuple[Any, ...]]:
     """The stored non-key values of the rows the diff found different, by encoded key."""
     if not ekeys:
@@ -355,7 +257,7 @@ def _stored_rows(
 
 
 def _record(
-    plan: _Plan, part: list[_Encoded], verdicts: dict[int, tuple[int, int]], outcome: Outcome
+    plan: Plan, part: list[Encoded], verdicts: dict[int, tuple[int, int]], outcome: Outcome
 ) -> None:
     """Add the part's keys to the call's outcome (see :class:`changes.Outcome`)."""
     positions, hashes = outcome.earlier([ekey for _, ekey, _ in part])
@@ -388,8 +290,8 @@ def _diff(
     db: Database,
     conn: sa.Connection,
     spec: TableSpec,
-    plan: _Plan,
-    part: list[_Encoded],
+    plan: Plan,
+    part: list[Encoded],
     literals: list[str] | None,
     check_parents: bool,
 ) -> Sequence[Any]:
@@ -402,7 +304,7 @@ def _diff(
             row = "(" if db.is_mariadb else "ROW("
             values = ", ".join(f"{row}{i}, {text})" for i, text in enumerate(literals))
             sql = diff_sql(db, spec, 0, check) + values + diff_tail(db, spec, check)
-            count, text = conn.exec_driver_sql(_no_params(sql)).one()
+            count, text = conn.exec_driver_sql(no_params(sql)).one()
             found = [tuple(map(int, item.split(","))) for item in (text or "").split()]
             if len(found) != count:
                 raise RuntimeError(
@@ -412,33 +314,17 @@ def _diff(
         sql = diff_sql(db, spec, len(rows), check)
         result = conn.exec_driver_sql(sql, params(db, rows)).fetchall()
     except (sa.exc.IntegrityError, sa.exc.DataError) as exc:
-        raise _row_error_from_db(db, spec, exc, [k for k, _, _ in part]) from None
+        raise row_error_from_db(db, spec, exc, [k for k, _, _ in part]) from None
     if db.dialect == "postgresql":  # WITH ORDINALITY counts from 1
         return [(r[0] - 1, *r[1:]) for r in result]
     return result
-
-
-def _no_params(sql: str) -> str:
-    # Sent without parameters, the text still goes through PyMySQL's "%" formatting.
-    return sql.replace("%", "%%")
-
-
-def _literal_rows(spec: TableSpec, plan: _Plan, part: list[_Encoded]) -> list[str]:
-    assert plan.literals is not None
-    out = []
-    for key, _, enc in part:
-        try:
-            out.append(plan.literals(enc))
-        except LiteralError as exc:
-            raise RowError(spec.qualname, spec.key_dict(key), None, str(exc)) from None
-    return out
 
 
 def _write(
     db: Database,
     conn: sa.Connection,
     spec: TableSpec,
-    rows: list[_Encoded],
+    rows: list[Encoded],
     texts: list[str] | None,
 ) -> None:
     keys = [k for k, _, _ in rows]
@@ -446,18 +332,18 @@ def _write(
         if texts is not None:
             values = ", ".join(f"({text})" for text in texts)
             sql = write_sql(db, spec, 0) + values + write_tail(db, spec)
-            conn.exec_driver_sql(_no_params(sql))
+            conn.exec_driver_sql(no_params(sql))
         else:
             encoded = [enc for _, _, enc in rows]
             conn.exec_driver_sql(write_sql(db, spec, len(rows)), params(db, encoded))
     except (sa.exc.IntegrityError, sa.exc.DataError) as exc:
         # Only data problems become RowErrors; lost connections, deadlocks and the like
         # propagate as they are (the transaction turns them into DatabaseError).
-        raise _row_error_from_db(db, spec, exc, keys) from None
+        raise row_error_from_db(db, spec, exc, keys) from None
 
 
 def _missing_parent_error(
-    db: Database, spec: TableSpec, plan: _Plan, row: _Encoded, flags: Sequence[Any]
+    db: Database, spec: TableSpec, plan: Plan, row: Encoded, flags: Sequence[Any]
 ) -> MissingParentError:
     key, _, enc = row
     fk = next(fk for fk, flag in zip(spec.foreign_keys, flags, strict=True) if flag)
@@ -489,7 +375,7 @@ def missing_parents(
     committed batch found; the caller must only pass it for parent tables that nothing
     uncommitted writes, and drop it when it deletes rows.
     """
-    spec = _spec(table)
+    spec = table_spec(table)
     problems: dict[int, MissingParentError] = {}
     for fk in spec.foreign_keys:
         parent = db.spec(fk.parent)
@@ -507,7 +393,7 @@ def missing_parents(
             continue
         known = cache.setdefault(fk.parent, set()) if cache is not None else set()
         ask = [k for k in wanted if k not in known]
-        found = _existing_keys(db, conn, parent, fk.parent_columns, ask) if ask else set()
+        found = existing_keys(db, conn, parent, fk.parent_columns, ask) if ask else set()
         if cache is not None:
             known.update(k for k in ask if k in found)
         for vals, indexes in wanted.items():
@@ -560,42 +446,12 @@ def select_by_keys(
         yield from conn.exec_driver_sql(sql, params(db, part))
 
 
-def _existing_keys(
+def existing_keys(
     db: Database, conn: sa.Connection, spec: TableSpec, columns: Sequence[str], keys: list[Key]
 ) -> set[Key]:
+    """Which of ``keys`` (encoded values of ``columns``) some stored row has, as stored."""
     codecs = [db.codecs(spec)[spec.column_names.index(c)] for c in columns]
     return {
         tuple(c.stored(v) for c, v in zip(codecs, r, strict=True))
         for r in select_by_keys(db, conn, spec, columns, columns, keys)
     }
-
-
-def _db_problem(exc: sa.exc.DBAPIError) -> str:
-    return str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-
-
-# Where drivers name the offending column (and MySQL the row of the statement, from 1).
-_MYSQL_COLUMN_ROW = re.compile(r"column '(?P<column>[^']+)'(?: at row (?P<row>\d+))?", re.I)
-_SQLITE_COLUMN = re.compile(r"constraint failed: [^ ]*\.(?P<column>[A-Za-z0-9_]+)")
-
-
-def _row_error_from_db(
-    db: Database, spec: TableSpec, exc: sa.exc.DBAPIError, keys: Sequence[Key]
-) -> RowError:
-    """A RowError for a statement the database refused, naming column and key when it can."""
-    problem = _db_problem(exc)
-    column: str | None = None
-    row: int | None = None
-    if db.dialect == "mysql" and (m := _MYSQL_COLUMN_ROW.search(problem)):
-        column = m.group("column")
-        row = int(m.group("row")) - 1 if m.group("row") else None
-    elif db.dialect == "sqlite" and (m := _SQLITE_COLUMN.search(problem)):
-        column = m.group("column")
-    elif db.dialect == "postgresql":
-        column = getattr(getattr(exc.orig, "diag", None), "column_name", None)
-    if row is None and len(keys) == 1:
-        row = 0
-    key = spec.key_dict(keys[row]) if row is not None and 0 <= row < len(keys) else None
-    if column is not None and not spec.has_column(column):
-        column = None
-    return RowError(spec.qualname, key, column, problem)
