@@ -477,7 +477,9 @@ def test_two_daemons_never_overlap(
     daemons: list[DaemonProcess],
 ) -> None:
     with FakeAlyx(small_colony()) as alyx:
-        alyx.faults.set(delay=0.01)  # a run takes longer than the 1 s interval: they contend
+        # Each request slowed so that a run (~20 requests re-syncing) takes longer than the 1 s
+        # interval: the two daemons must contend for the lock.
+        alyx.faults.set(delay=0.1)
         for i in range(2):
             home = tmp_path / f"d{i}"
             home.mkdir()
