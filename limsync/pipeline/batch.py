@@ -24,6 +24,7 @@ from limsync.pipeline.codecs import Codec
 from limsync.pipeline.columns import ColumnType
 from limsync.pipeline.literals import LiteralError, row_literals
 from limsync.pipeline.tables import Table, TableSpec
+from limsync.pipeline.upsert_sql import insert_sql, params
 
 if TYPE_CHECKING:
     from limsync.pipeline.database import Database
@@ -181,3 +182,16 @@ def row_error_from_db(
     if column is not None and not spec.has_column(column):
         column = None
     return RowError(spec.qualname, key, column, problem)
+
+
+def send_insert(
+    db: Database, conn: sa.Connection, spec: TableSpec, part: list[Encoded], texts: list[str] | None
+) -> None:
+    """One plain multi-row ``INSERT`` of ``part`` (``texts``: its MySQL literals), no conflict
+    clause: a stored key or a missing parent is the driver's error, for the caller to read."""
+    if texts is not None:
+        values = ", ".join(f"({text})" for text in texts)
+        conn.exec_driver_sql(no_params(insert_sql(db, spec, 0) + values))
+    else:
+        encoded = [enc for _, _, enc in part]
+        conn.exec_driver_sql(insert_sql(db, spec, len(part)), params(db, encoded))

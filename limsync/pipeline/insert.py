@@ -21,9 +21,9 @@ from limsync.pipeline.batch import (
     Plan,
     encode_unique,
     literal_rows,
-    no_params,
     plan_for,
     row_error_from_db,
+    send_insert,
     split_by_bytes,
     table_spec,
 )
@@ -35,7 +35,7 @@ from limsync.pipeline.upsert import (
     existing_keys,
     missing_parents,
 )
-from limsync.pipeline.upsert_sql import MAX_PARAMS, insert_sql, params
+from limsync.pipeline.upsert_sql import MAX_PARAMS
 from limsync.pipeline.validation import validate_batch
 
 if TYPE_CHECKING:
@@ -89,12 +89,7 @@ def _insert(
     texts: list[str] | None,
 ) -> None:
     try:
-        if texts is not None:
-            sql = insert_sql(db, spec, 0) + ", ".join(f"({text})" for text in texts)
-            conn.exec_driver_sql(no_params(sql))
-        else:
-            encoded = [enc for _, _, enc in part]
-            conn.exec_driver_sql(insert_sql(db, spec, len(part)), params(db, encoded))
+        send_insert(db, conn, spec, part, texts)
     except sa.exc.IntegrityError as exc:
         raise _insert_error(db, conn, spec, plan, part, exc) from None
     except sa.exc.DataError as exc:

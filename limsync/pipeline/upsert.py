@@ -37,6 +37,7 @@ from limsync.pipeline.batch import (
     no_params,
     plan_for,
     row_error_from_db,
+    send_insert,
     split_by_bytes,
     table_spec,
 )
@@ -58,7 +59,6 @@ from limsync.pipeline.upsert_sql import (
     diff_sql,
     diff_tail,
     in_sql,
-    insert_sql,
     params,
     placeholder,
     write_sql,
@@ -226,12 +226,7 @@ def _insert_part(
     new, then), False with nothing written when it refused the statement."""
     try:
         with conn.begin_nested():
-            if literals is not None:
-                values = ", ".join(f"({text})" for text in literals)
-                conn.exec_driver_sql(no_params(insert_sql(db, spec, 0) + values))
-            else:
-                encoded = [enc for _, _, enc in part]
-                conn.exec_driver_sql(insert_sql(db, spec, len(part)), params(db, encoded))
+            send_insert(db, conn, spec, part, literals)
     except (sa.exc.IntegrityError, sa.exc.DataError):
         return False  # a stored key, a missing parent, a bad value: the diff says which
     # A key of an earlier batch of this call is stored by now, so the INSERT would have been
