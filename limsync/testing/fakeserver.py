@@ -432,15 +432,14 @@ def _make_handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                 client_port=int(self.client_address[1]),
             )
             reply, fault = server._respond(request)
+            # Logged before the reply goes out (or the connection is dropped): a client that
+            # reads the log as soon as it sees the response or the reset must find it there.
+            server._record(request, None if reply is None else reply.status, fault, t0)
             if reply is None:
                 self.close_connection = True
                 with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_RDWR)
-                server._record(request, None, fault, t0)
                 return
-            # Logged before the reply goes out: a client that reads the log as soon as its
-            # response arrives must find the request there.
-            server._record(request, reply.status, fault, t0)
             self._send(request, reply)
 
         def _send(self, request: Request, reply: Reply) -> None:
