@@ -22,7 +22,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import networkx as nx
@@ -40,7 +41,7 @@ from limsync.pipeline.validation import validate_batch, validate_row
 from limsync.sync import logcontext
 from limsync.sync.identity import Identity, seen_id
 from limsync.sync.mapping import Mapper, Wanted, resolve_lookups, wanted_lookups
-from limsync.sync.overlap import WriteBehind
+from limsync.sync.overlap import Ahead, WriteBehind
 from limsync.sync.report import StreamReport, SyncReport
 from limsync.sync.writer import BatchWriter, Item
 
@@ -63,6 +64,22 @@ def raw_key_text(stream: Stream, raw: Mapping[str, Any]) -> str:
 
 class _StopRequestedError(Exception):
     """The engine's stop flag was set: leave the run between two batches."""
+
+
+@dataclass
+class _Identified:
+    """A batch validated and hashed: its records' keys, key texts and content hashes, split by
+    whether this scan read the key before (``again``: a duplicate) or not (``first``)."""
+
+    valid: list[tuple[Any, pydantic.BaseModel]] = field(default_factory=list)
+    records: list[pydantic.BaseModel] = field(default_factory=list)
+    keys: list[Key] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+    first: list[int] = field(default_factory=list)
+    again: list[int] = field(default_factory=list)
+    asked: dict[str, str] = field(default_factory=dict)  # key text -> hash to ask the ledger
+    quarantined: list[tuple[str, str, str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -304,40 +321,88 @@ class SyncEngine:
         )
         pending: list[dict[str, Any]] = []
         writes = WriteBehind(self.overlap and dry_conn is None)
+        # A batch identified, its comparison with the ledger under way (in a thread on a
+        # database server: it waits on the server while the next batch is identified).
+        compares = Ahead(self.overlap and dry_conn is None, "limsync-compare")
+        compared: list[tuple[_Identified, str | None, Future[dict[str, Any]]]] = []
+        # The compare thread's own connection, held for the scan: a checkout per batch would
+        # cost it round trips (the pool's ping, the rollback on return), and a thread waits
+        # for the interpreter lock after each one. In autocommit, so that each comparison sees
+        # the batches committed before it (no snapshot is kept).
+        held_conn: list[sa.Connection] = []
 
-        def handle(batch: list[dict[str, Any]], new_cursor: str | None) -> int:
-            """Prepare a batch and hand its write over; the keys found held (see _process)."""
-            prep = self._prepare(name, stream, batch, sr, run_id, seen, new_cursor, dry_conn,
-                                 writes.wait, fresh=fresh)  # fmt: skip
+        def compare(ided: _Identified) -> dict[str, Any]:
+            conn = dry_conn
+            if compares.threaded:
+                if not held_conn:
+                    fresh_conn = self.db.engine.connect()
+                    held_conn.append(fresh_conn.execution_options(isolation_level="AUTOCOMMIT"))
+                conn = held_conn[0]
+            return self._compare(name, ided, conn, fresh)
+
+        def finish() -> int:
+            """Map the compared batch and hand its write over; the keys found held."""
+            if not compared:
+                return 0
+            ided, new_cursor, odd = compared.pop()
+            prep = self._finish(name, ided, odd.result(), sr, run_id, new_cursor, dry_conn,
+                                writes.wait)  # fmt: skip
             if prep.writes:
                 writes.submit(functools.partial(self._commit, prep))
             return prep.found_first
 
+        def handle(batch: list[dict[str, Any]], new_cursor: str | None) -> int:
+            """Identify a batch, finish the one before, start this one's comparison."""
+            ided = self._identify(stream, batch, seen)
+            found = finish()
+            if ided.again:
+                writes.wait()  # the first copies of these keys may be in the write in flight
+            if fresh and not ided.again:  # nothing to ask the ledger: no hand-over
+                task = functools.partial(self._compare, name, ided, None, fresh)
+                future = compares.submit(task, inline=True)
+            else:
+                future = compares.submit(functools.partial(compare, ided))
+            compared.append((ided, new_cursor, future))
+            return found
+
         try:
-            for page in self.connector.read(name, ctx):
-                if self._stop_requested():
-                    raise _StopRequestedError  # the records read since the last batch: re-read
-                # Without a declared cursor the values would not be used (see new_cursor).
-                for raw in page if stream.cursor else ():
-                    value = self.connector.cursor_value(name, raw)
-                    if value is not None and (max_cursor is None or value > max_cursor):
-                        max_cursor = value
-                pending.extend(page)
-                sr.read += len(page)
-                if self.progress:
-                    self.progress(name, len(page))
-                while len(pending) >= self.batch_size:
-                    batch, pending = pending[: self.batch_size], pending[self.batch_size :]
-                    held += handle(batch, None)
-                    if dry_conn is None and time.monotonic() - refreshed >= refresh_every:
-                        lock.refresh()
-                        refreshed = time.monotonic()
+            try:
+                for page in self.connector.read(name, ctx):
                     if self._stop_requested():
-                        raise _StopRequestedError  # after the batch in flight (see finally)
-            new_cursor = max_cursor if stream.cursor and max_cursor != cursor else None
-            held += handle(pending, new_cursor)
+                        raise _StopRequestedError  # the records read since the last batch: re-read
+                    # Without a declared cursor the values would not be used (see new_cursor).
+                    for raw in page if stream.cursor else ():
+                        value = self.connector.cursor_value(name, raw)
+                        if value is not None and (max_cursor is None or value > max_cursor):
+                            max_cursor = value
+                    pending.extend(page)
+                    sr.read += len(page)
+                    if self.progress:
+                        self.progress(name, len(page))
+                    while len(pending) >= self.batch_size:
+                        batch, pending = pending[: self.batch_size], pending[self.batch_size :]
+                        held += handle(batch, None)
+                        if dry_conn is None and time.monotonic() - refreshed >= refresh_every:
+                            lock.refresh()
+                            refreshed = time.monotonic()
+                        if self._stop_requested():
+                            raise _StopRequestedError  # after the batch in flight (see finally)
+                new_cursor = max_cursor if stream.cursor and max_cursor != cursor else None
+                held += handle(pending, new_cursor)
+            except Exception:
+                # The batch compared last is whole: it lands before the stream stops or fails,
+                # as it would have without the look-ahead.
+                try:
+                    held += finish()
+                except Exception as exc:  # reported: the first error wins
+                    log.error("stream %s: a batch could not be written: %s", name, exc)
+                raise
+            held += finish()
             writes.wait()
         finally:
+            compares.close()  # its task's result is dropped only on a hard stop
+            for conn in held_conn:
+                conn.close()
             writes.close()  # a batch in flight commits (or fails) before the stream ends
             held += writes.total
         if versioned:
@@ -391,82 +456,117 @@ class SyncEngine:
     ) -> _Prepared:
         """Validate, hash and map one batch: everything but its transaction (:meth:`_commit`).
 
-        ``settle`` waits for the previous batch's write, where this batch must see it: before
-        the ledger is asked about keys this scan read before (their first copy may be in that
-        batch), and before lookups into a table this stream writes itself. ``fresh``: the
-        ledger held nothing of the stream when the scan began.
+        The three stages one after the other; :meth:`_sync_stream` runs a batch's comparison
+        with the ledger while the next batch is identified. ``settle`` waits for the previous
+        batch's write, where this batch must see it: before the ledger is asked about keys
+        this scan read before (their first copy may be in that batch), and before lookups into
+        a table this stream writes itself. ``fresh``: the ledger held nothing of the stream
+        when the scan began.
         """
-        quarantined: list[tuple[str, str, str, Any]] = []
+        ided = self._identify(stream, raws, seen)
+        if ided.again:
+            settle()
+        odd = self._compare(name, ided, dry_conn, fresh)
+        return self._finish(name, ided, odd, sr, run_id, new_cursor, dry_conn, settle)
+
+    def _identify(self, stream: Stream, raws: list[dict[str, Any]], seen: set[int]) -> _Identified:
+        """Validate and hash a batch; split it by whether this scan read each key before."""
+        ided = _Identified()
         ident = self._identity(stream)
         valid, invalid = ident.validate(raws)
         for raw, exc in invalid:
-            quarantined.append((raw_key_text(stream, raw), "validate", _short(exc), raw))
-        records = [rec for _, rec in valid]
-        keys = ident.keys(records)
-        texts = ident.texts(keys)
-        hashes = ident.hashes(records)
-        # Indices of records whose key this scan reads for the first time, and of the others.
-        first: list[int] = []
-        again: list[int] = []
+            ided.quarantined.append((raw_key_text(stream, raw), "validate", _short(exc), raw))
+        ided.valid = valid
+        ided.records = records = [rec for _, rec in valid]
+        ided.keys = ident.keys(records)
+        ided.texts = texts = ident.texts(ided.keys)
+        ided.hashes = hashes = ident.hashes(records)
         for i, digest in enumerate(ident.seen_ids(texts)):
             if digest in seen:  # unordered paging, or a key twice in an export: see _duplicates
-                again.append(i)
+                ided.again.append(i)
             else:
                 seen.add(digest)
-                first.append(i)
+                ided.first.append(i)
         # Each key text with the hash of its first record in the batch (reversed, so that the
         # first record's hash is the one the dict keeps). A record of ``first`` is the first of
         # its key in the batch, so the hash asked about is its own.
-        asked = dict(zip(reversed(texts), reversed(hashes), strict=True))
-        if again:
-            settle()
+        ided.asked = dict(zip(reversed(texts), reversed(hashes), strict=True))
+        return ided
+
+    def _compare(
+        self, name: str, ided: _Identified, conn: sa.Connection | None, fresh: bool
+    ) -> dict[str, tuple[str, str] | None]:
+        """The batch's keys the ledger does not hold as present with the hash asked about: their
+        (hash, state) as it holds them, or None (see :func:`ledger.mismatches`). Asked on
+        ``conn`` (a dry run's, or the compare thread's own), else on a connection checked out
+        for it."""
+        asked = ided.asked
+        if fresh:
+            read_again = {ided.texts[i] for i in ided.again}
+            odd: dict[str, tuple[str, str] | None] = {t: None for t in asked if t not in read_again}
+            if not read_again:
+                return odd
+            asked = {t: asked[t] for t in read_again}
+        else:
+            odd = {}
         with contextlib.ExitStack() as stack:
-            conn = dry_conn or stack.enter_context(self.db.engine.connect())
-            # Only the keys not held as present with that hash come back (none, for a batch
-            # of unchanged records): every other key is present with the hash asked about.
-            if fresh:
-                read_again = {texts[i] for i in again}
-                odd: dict[str, tuple[str, str] | None]
-                odd = {t: None for t in asked if t not in read_again}
-                if read_again:
-                    ask = {t: asked[t] for t in read_again}
-                    odd.update(ledger.mismatches(conn, self.st, self.name, name, ask))
-            else:
-                odd = ledger.mismatches(conn, self.st, self.name, name, asked)
-            found_first = 0
-            todo: list[Item] = []
-            kept: list[int] = []  # unchanged: their source versions are held all the same
-            for i in first:
-                if texts[i] not in odd:
-                    found_first += 1
-                    kept.append(i)
-                    continue  # unchanged: nothing is written (most records of a re-sync)
-                old = odd[texts[i]]
-                item = Item(keys[i], texts[i], valid[i][0], records[i], hashes[i])
-                if old is not None:
-                    found_first += 1
-                    item.old = ledger.LedgerEntry(old[0], old[1], None)
-                todo.append(item)
-            sr.unchanged += len(kept)
-            if again:
-                dupes = [Item(keys[i], texts[i], valid[i][0], records[i], hashes[i]) for i in again]
-                batch = {texts[i]: hashes[i] for i in first}
-                # The ledger's (hash, state) of the duplicates' keys, as the ledger holds them.
-                found: dict[str, tuple[str, str]] = {}
-                for d in dupes:
-                    if d.ktext not in odd:
-                        found[d.ktext] = (asked[d.ktext], "present")
-                    elif (entry := odd[d.ktext]) is not None:
-                        found[d.ktext] = entry
-                self._duplicates(dupes, batch, found, sr, quarantined)
-            # What changed records produced before (to delete rows they no longer produce):
-            # read for those few only, not for every record of the batch.
-            before = [i.ktext for i in todo if i.old is not None]
-            if before:
+            conn = conn or stack.enter_context(self.db.engine.connect())
+            odd.update(ledger.mismatches(conn, self.st, self.name, name, asked))
+        return odd
+
+    def _finish(
+        self,
+        name: str,
+        ided: _Identified,
+        odd: Mapping[str, tuple[str, str] | None],
+        sr: StreamReport,
+        run_id: int,
+        new_cursor: str | None,
+        dry_conn: sa.Connection | None,
+        settle: Callable[[], None],
+    ) -> _Prepared:
+        """Map and check the batch's new and changed records, given the ledger's answer."""
+        quarantined = ided.quarantined
+        valid, records, keys, texts, hashes = (
+            ided.valid, ided.records, ided.keys, ided.texts, ided.hashes
+        )  # fmt: skip
+        found_first = 0
+        todo: list[Item] = []
+        kept: list[int] = []  # unchanged: their source versions are held all the same
+        for i in ided.first:
+            if texts[i] not in odd:
+                found_first += 1
+                kept.append(i)
+                continue  # unchanged: nothing is written (most records of a re-sync)
+            old = odd[texts[i]]
+            item = Item(keys[i], texts[i], valid[i][0], records[i], hashes[i])
+            if old is not None:
+                found_first += 1
+                item.old = ledger.LedgerEntry(old[0], old[1], None)
+            todo.append(item)
+        sr.unchanged += len(kept)
+        again = ided.again
+        if again:
+            dupes = [Item(keys[i], texts[i], valid[i][0], records[i], hashes[i]) for i in again]
+            batch = {texts[i]: hashes[i] for i in ided.first}
+            # The ledger's (hash, state) of the duplicates' keys, as the ledger holds them.
+            found: dict[str, tuple[str, str]] = {}
+            for d in dupes:
+                if d.ktext not in odd:
+                    found[d.ktext] = (ided.asked[d.ktext], "present")
+                elif (entry := odd[d.ktext]) is not None:
+                    found[d.ktext] = entry
+            self._duplicates(dupes, batch, found, sr, quarantined)
+        # What changed records produced before (to delete rows they no longer produce): read
+        # for those few only, not for every record of the batch.
+        before = [i.ktext for i in todo if i.old is not None]
+        if before:
+            with contextlib.ExitStack() as stack:
+                conn = dry_conn or stack.enter_context(self.db.engine.connect())
                 full = ledger.lookup(conn, self.st, self.name, name, before)
-                for item in todo:
-                    if item.old is not None:
-                        item.old = full.get(item.ktext, item.old)
+            for item in todo:
+                if item.old is not None:
+                    item.old = full.get(item.ktext, item.old)
         mapper = self.mappers[name]
         mapped: list[Item] = []
         for item in todo:

@@ -1,22 +1,31 @@
-"""Writing one batch while the next is read and prepared: the engine's write-behind.
+"""Overlapping the engine's database waits with its Python work.
 
 A synchronous client takes turns with its database: while the server inserts a batch, the
 client waits; while the client validates, hashes and maps the next, the server idles. On a
-database server (MariaDB, PostgreSQL), :class:`WriteBehind` runs each batch's transaction in
-one background thread while the engine prepares the next batch, so the two overlap (drivers
-release the GIL while they wait on their socket). Batches still commit one at a time and in
-order: a batch is handed over only once the one before it has committed, and a batch whose
-preparation must see the previous batch's rows waits for it first (see the engine).
+database server (MariaDB, PostgreSQL) two background threads take the waits (drivers release
+the GIL while they wait on their socket):
+
+* :class:`WriteBehind` runs each batch's transaction while the engine prepares the next batch.
+  Batches still commit one at a time and in order: a batch is handed over only once the one
+  before it has committed, and a batch whose preparation must see the previous batch's rows
+  waits for it first (see the engine).
+* :class:`Ahead` runs each batch's comparison with the ledger while the engine reads and
+  identifies (validates, hashes) the next batch: an unchanged re-sync is mostly those
+  comparisons. A task waits only for the interpreter lock once its query is sent, so each
+  task should make one round trip (the engine gives the thread a connection of its own).
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class WriteBehind:
@@ -56,5 +65,46 @@ class WriteBehind:
                 self.total += pending.result()
             except BaseException as exc:  # reported: the caller's own error wins
                 log.error("a batch write failed while the run was stopping: %s", exc)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+class Ahead:
+    """Tasks run in one background thread while the caller goes on (or inline when off).
+
+    :meth:`submit` returns a :class:`~concurrent.futures.Future` either way, so the caller has
+    one code path; an inline task has run when its future is returned (what it raises, it
+    raises then).
+    """
+
+    def __init__(self, enabled: bool, name: str) -> None:
+        self._pool = ThreadPoolExecutor(1, name) if enabled else None
+
+    @property
+    def threaded(self) -> bool:
+        """Whether tasks run in the background thread (else inline, in the caller's)."""
+        return self._pool is not None
+
+    def submit(self, task: Callable[[], T], *, inline: bool = False) -> Future[T]:
+        """Start ``task`` in the background (run it now when off, or ``inline``)."""
+        if self._pool is None or inline:
+            done: Future[T] = Future()
+            done.set_result(task())
+            return done
+        started = threading.Event()
+
+        def run() -> T:
+            started.set()
+            return task()
+
+        # The thread sees the caller's context variables (the log context: run, stream).
+        future = self._pool.submit(contextvars.copy_context().run, run)
+        # Wait until the thread runs: it takes the interpreter lock now and keeps it until
+        # it waits on its socket, where a busy caller would hold it for a switch interval.
+        started.wait()
+        return future
+
+    def close(self) -> None:
+        """Wait for the tasks under way (their results are dropped) and stop the thread."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)

@@ -1,5 +1,6 @@
-"""Batch writes behind the next batch's preparation: the WriteBehind itself, and the engine
-using it on MariaDB and PostgreSQL (inline on SQLite) without changing any outcome."""
+"""Batch writes behind the next batch's preparation, and each batch's comparison with the
+ledger while the next batch is identified: WriteBehind and Ahead themselves, and the engine
+using them on MariaDB and PostgreSQL (inline on SQLite) without changing any outcome."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from limsync.errors import SourceError
 from limsync.pipeline import Database, Key, Manual, Schema
 from limsync.sync.engine import SyncEngine
 from limsync.sync.mapping import Lookup, Mapper, StreamMap
-from limsync.sync.overlap import WriteBehind
+from limsync.sync.overlap import Ahead, WriteBehind
 from limsync.testing.memory import MemoryConnector, MemorySettings
 
 # --- WriteBehind ------------------------------------------------------------------------------
@@ -84,6 +85,48 @@ def test_close_waits_for_the_write_in_flight_and_keeps_the_callers_error() -> No
     failing = WriteBehind(enabled=True)
     failing.submit(lambda: 1 // 0)
     failing.close()  # logged, not raised: the caller is already failing with its own error
+
+
+# --- Ahead -----------------------------------------------------------------------------------
+
+
+def test_ahead_runs_a_task_in_its_thread_and_returns_once_it_has_started() -> None:
+    ahead = Ahead(enabled=True, name="limsync-test")
+    release = threading.Event()
+    started: list[str] = []
+
+    def task() -> str:
+        started.append(threading.current_thread().name)
+        release.wait(5)
+        return "answer"
+
+    future = ahead.submit(task)
+    assert started and started[0].startswith("limsync-test")  # running already
+    assert not future.done()  # and the caller goes on meanwhile
+    release.set()
+    assert future.result(5) == "answer"
+    ahead.close()
+
+
+def test_ahead_runs_inline_when_off_or_asked_to_and_raises_then() -> None:
+    here = threading.current_thread().name
+    for ahead, inline in ((Ahead(enabled=False, name="x"), False), (Ahead(True, "x"), True)):
+        future = ahead.submit(lambda: threading.current_thread().name, inline=inline)
+        assert future.done() and future.result() == here
+        with pytest.raises(ZeroDivisionError):
+            ahead.submit(lambda: 1 // 0, inline=inline)
+        ahead.close()
+
+
+def test_a_background_tasks_error_is_raised_by_its_result_and_close_waits() -> None:
+    ahead = Ahead(enabled=True, name="limsync-test")
+    failed = ahead.submit(lambda: 1 // 0)
+    with pytest.raises(ZeroDivisionError):
+        failed.result(5)
+    done = threading.Event()
+    ahead.submit(lambda: time.sleep(0.05) or done.set())
+    ahead.close()
+    assert done.is_set()
 
 
 # --- the engine ---------------------------------------------------------------------------------
@@ -199,3 +242,47 @@ def test_a_key_read_again_waits_for_the_batch_that_wrote_it_first(db: Database) 
     report = eng.run()
     stream = report.streams[0]
     assert (stream.new, stream.duplicates, stream.quarantined) == (3, 1, 0)
+
+
+def test_comparisons_with_the_ledger_run_ahead_on_servers_and_inline_on_sqlite(
+    db: Database, backend: str
+) -> None:
+    eng = engine(db, animals(4))
+    assert eng.run().ok
+    threads: list[str] = []
+    compare = eng._compare
+
+    def noted(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return compare(*args)
+
+    eng._compare = noted  # type: ignore[method-assign]
+    report = eng.run()  # a re-sync: every batch asks the ledger
+    assert report.ok and report.counts()["unchanged"] == 4
+    assert len(threads) >= 4  # a batch a record, and the last (empty) batch
+    assert {name.startswith("limsync-compare") for name in threads} == {backend != "sqlite"}
+
+
+class Failing(Colony):
+    """Fails reading its third page."""
+
+    type_name = "overlapfailing"
+
+    def read(self, stream: str, ctx: Any) -> Any:
+        for n, page in enumerate(super().read(stream, ctx)):
+            if n == 2:
+                raise SourceError("the LIMS went away")
+            yield page
+
+
+def test_a_read_that_fails_after_whole_batches_still_lands_them(db: Database) -> None:
+    """The batch compared last is finished before the error ends the stream, as each batch
+    was before the comparisons ran ahead."""
+    db.declare(fam)
+    orphans = [{**a, "mother": None} for a in animals(6)]
+    source = Failing("fam", MemorySettings(page_size=2), data={"animals": orphans})
+    mappers = {"animals": Mapper(db, StreamMap("animals", (Animal,), _animal))}
+    eng = SyncEngine(db, source, mappers, batch_size=2)
+    report = eng.run()
+    assert not report.ok and "went away" in (report.first_error() or "")
+    assert sorted(r["nickname"] for r in db.fetch(Animal)) == ["a0", "a1", "a2", "a3"]
