@@ -84,14 +84,23 @@ def _insert_many(
         values.append(literal if literal is not None else p)
         if literal is None:
             extra.append(value)
-    head = f"INSERT INTO {_name(conn, table)} ({', '.join(quote(c) for c in names)}) VALUES "  # noqa: S608
+    into = f"INSERT INTO {_name(conn, table)} ({', '.join(quote(c) for c in names)}) "
+    head = f"{into}VALUES "
     template = f"({', '.join(values)})"
     params = [(*row, *extra) for row in rows] if extra else rows
     if conn.dialect.name != "mysql":
         conn.exec_driver_sql(head + template, params)
         return
-    if not extra and _insert_literal_rows(conn, head, [v for v in values if v != p], rows):
-        return
+    if not extra:
+        # The rows as a VALUES table of their own columns, the constants added by a SELECT:
+        # MariaDB parses and converts each literal of a multi-row INSERT, so a ledger row
+        # costs it ~3 us less this way (8 against 11 us), an outbox row ~2 us (4 against 6).
+        cols = [f"v{i}" for i in range(len(columns))]
+        with_head = f"{into}WITH v({', '.join(cols)}) AS (VALUES "
+        consts = ", ".join(v for v in values if v != p)
+        tail = f") SELECT {', '.join(cols)}{', ' if consts else ''}{consts} FROM v"  # noqa: S608
+        if _insert_literal_rows(conn, with_head, tail, rows):
+            return
     # PyMySQL rewrites executemany into one multi-row INSERT only when the VALUES clause holds
     # nothing but placeholders; with literals in it, it would send one statement per row.
     for part in _packets(params):
@@ -137,11 +146,11 @@ def _mysql_texts(values: Sequence[str]) -> list[str]:
 
 
 def _insert_literal_rows(
-    conn: sa.Connection, head: str, constants: list[str], rows: list[tuple[Any, ...]]
+    conn: sa.Connection, head: str, tail: str, rows: list[tuple[Any, ...]]
 ) -> bool:
-    """MySQL: the rows as one literal multi-row INSERT per packet, escaped here; False (nothing
-    sent) when a value is not a str, the server quotes without backslash escapes or the
-    connection's character set is not UTF-8.
+    """MySQL: the rows as literal rows of a ``VALUES`` table between ``head`` and ``tail``, one
+    statement per packet, escaped here; False (nothing sent) when a value is not a str, the
+    server quotes without backslash escapes or the connection's character set is not UTF-8.
 
     Ledger and outbox values are all text (key texts, hashes, JSON targets). PyMySQL's
     per-value ``escape`` (type dispatch, encoder lookup, quoting: several Python calls) was a
@@ -149,22 +158,23 @@ def _insert_literal_rows(
     """
     if not _backslash_escapes(conn, "utf8") or not all(type(v) is str for row in rows for v in row):
         return False
-    tail = "".join(f",{c}" for c in constants) + ")"
+    # MySQL 8 writes a VALUES table's rows as ROW(...), MariaDB as (...).
+    start_row = "('" if getattr(conn.dialect, "is_mariadb", False) else "ROW('"
     # Key texts, hashes and targets seldom hold a quote or a backslash: one scan of the whole
     # batch (C loops over one string) usually spares escaping every value on its own.
     text = "".join(chain.from_iterable(rows))
     if "\\" in text or "'" in text or "\0" in text:
         esc = _mysql_text
-        lines = ["('" + "','".join([esc(v) for v in row]) + "'" + tail for row in rows]
+        lines = [start_row + "','".join([esc(v) for v in row]) + "')" for row in rows]
     else:
-        lines = ["('" + "','".join(row) + "'" + tail for row in rows]
+        lines = [start_row + "','".join(row) + "')" for row in rows]
     start, size = 0, 0
     for i, line in enumerate(lines):
         if i > start and size + len(line) > _PACKET_CHARS:
-            _execute_literal(conn, head + ",".join(lines[start:i]))
+            _execute_literal(conn, head + ",".join(lines[start:i]) + tail)
             start, size = i, 0
         size += len(line) + 1
-    _execute_literal(conn, head + ",".join(lines[start:]))
+    _execute_literal(conn, head + ",".join(lines[start:]) + tail)
     return True
 
 
