@@ -16,32 +16,29 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any
 
 import networkx as nx
-import pydantic
 import sqlalchemy as sa
 
 from limsync.connectors.base import Connector, Key, ReadContext, Stream
-from limsync.errors import DeleteRefusedError, LimsyncError, LockHeldError, RowError
+from limsync.errors import DeleteRefusedError, LimsyncError, LockHeldError
 from limsync.pipeline import ledger, state, versions
 from limsync.pipeline.database import Database
 from limsync.pipeline.graph import build_graph, load_order
 from limsync.pipeline.locks import Lock
-from limsync.pipeline.tables import TableSpec
-from limsync.pipeline.validation import validate_batch, validate_row
 from limsync.sync import logcontext
 from limsync.sync.identity import Identity, seen_id
 from limsync.sync.mapping import Mapper, Wanted, resolve_lookups, wanted_lookups
 from limsync.sync.overlap import Ahead, WriteBehind
+from limsync.sync.records import Identified, duplicates, identify, validate_rows
 from limsync.sync.report import StreamReport, SyncReport
 from limsync.sync.writer import BatchWriter, Item
 
@@ -51,35 +48,8 @@ DEFAULT_BATCH = 1000
 Progress = Callable[[str, int], None]
 
 
-def raw_key_text(stream: Stream, raw: Mapping[str, Any]) -> str:
-    """A quarantine key for a raw record: its source key if readable, else a content hash."""
-    try:
-        return ledger.key_text(stream.key_from_raw(raw))
-    except Exception:
-        digest = hashlib.blake2b(
-            json.dumps(raw, sort_keys=True, default=str).encode(), digest_size=8
-        ).hexdigest()
-        return f"#raw:{digest}"
-
-
 class _StopRequestedError(Exception):
     """The engine's stop flag was set: leave the run between two batches."""
-
-
-@dataclass
-class _Identified:
-    """A batch validated and hashed: its records' keys, key texts and content hashes, split by
-    whether this scan read the key before (``again``: a duplicate) or not (``first``)."""
-
-    valid: list[tuple[Any, pydantic.BaseModel]] = field(default_factory=list)
-    records: list[pydantic.BaseModel] = field(default_factory=list)
-    keys: list[Key] = field(default_factory=list)
-    texts: list[str] = field(default_factory=list)
-    hashes: list[str] = field(default_factory=list)
-    first: list[int] = field(default_factory=list)
-    again: list[int] = field(default_factory=list)
-    asked: dict[str, str] = field(default_factory=dict)  # key text -> hash to ask the ledger
-    quarantined: list[tuple[str, str, str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -324,14 +294,14 @@ class SyncEngine:
         # A batch identified, its comparison with the ledger under way (in a thread on a
         # database server: it waits on the server while the next batch is identified).
         compares = Ahead(self.overlap and dry_conn is None, "limsync-compare")
-        compared: list[tuple[_Identified, str | None, Future[dict[str, Any]]]] = []
+        compared: list[tuple[Identified, str | None, Future[dict[str, Any]]]] = []
         # The compare thread's own connection, held for the scan: a checkout per batch would
         # cost it round trips (the pool's ping, the rollback on return), and a thread waits
         # for the interpreter lock after each one. In autocommit, so that each comparison sees
         # the batches committed before it (no snapshot is kept).
         held_conn: list[sa.Connection] = []
 
-        def compare(ided: _Identified) -> dict[str, Any]:
+        def compare(ided: Identified) -> dict[str, Any]:
             conn = dry_conn
             if compares.threaded:
                 if not held_conn:
@@ -353,7 +323,7 @@ class SyncEngine:
 
         def handle(batch: list[dict[str, Any]], new_cursor: str | None) -> int:
             """Identify a batch, finish the one before, start this one's comparison."""
-            ided = self._identify(stream, batch, seen)
+            ided = identify(self._identity(stream), batch, seen)
             found = finish()
             if ided.again:
                 writes.wait()  # the first copies of these keys may be in the write in flight
@@ -463,38 +433,14 @@ class SyncEngine:
         a table this stream writes itself. ``fresh``: the ledger held nothing of the stream
         when the scan began.
         """
-        ided = self._identify(stream, raws, seen)
+        ided = identify(self._identity(stream), raws, seen)
         if ided.again:
             settle()
         odd = self._compare(name, ided, dry_conn, fresh)
         return self._finish(name, ided, odd, sr, run_id, new_cursor, dry_conn, settle)
 
-    def _identify(self, stream: Stream, raws: list[dict[str, Any]], seen: set[int]) -> _Identified:
-        """Validate and hash a batch; split it by whether this scan read each key before."""
-        ided = _Identified()
-        ident = self._identity(stream)
-        valid, invalid = ident.validate(raws)
-        for raw, exc in invalid:
-            ided.quarantined.append((raw_key_text(stream, raw), "validate", _short(exc), raw))
-        ided.valid = valid
-        ided.records = records = [rec for _, rec in valid]
-        ided.keys = ident.keys(records)
-        ided.texts = texts = ident.texts(ided.keys)
-        ided.hashes = hashes = ident.hashes(records)
-        for i, digest in enumerate(ident.seen_ids(texts)):
-            if digest in seen:  # unordered paging, or a key twice in an export: see _duplicates
-                ided.again.append(i)
-            else:
-                seen.add(digest)
-                ided.first.append(i)
-        # Each key text with the hash of its first record in the batch (reversed, so that the
-        # first record's hash is the one the dict keeps). A record of ``first`` is the first of
-        # its key in the batch, so the hash asked about is its own.
-        ided.asked = dict(zip(reversed(texts), reversed(hashes), strict=True))
-        return ided
-
     def _compare(
-        self, name: str, ided: _Identified, conn: sa.Connection | None, fresh: bool
+        self, name: str, ided: Identified, conn: sa.Connection | None, fresh: bool
     ) -> dict[str, tuple[str, str] | None]:
         """The batch's keys the ledger does not hold as present with the hash asked about: their
         (hash, state) as it holds them, or None (see :func:`ledger.mismatches`). Asked on
@@ -517,7 +463,7 @@ class SyncEngine:
     def _finish(
         self,
         name: str,
-        ided: _Identified,
+        ided: Identified,
         odd: Mapping[str, tuple[str, str] | None],
         sr: StreamReport,
         run_id: int,
@@ -556,7 +502,7 @@ class SyncEngine:
                     found[d.ktext] = (ided.asked[d.ktext], "present")
                 elif (entry := odd[d.ktext]) is not None:
                     found[d.ktext] = entry
-            self._duplicates(dupes, batch, found, sr, quarantined)
+            duplicates(dupes, batch, found, sr, quarantined)
         # What changed records produced before (to delete rows they no longer produce): read
         # for those few only, not for every record of the batch.
         before = [i.ktext for i in todo if i.old is not None]
@@ -591,7 +537,7 @@ class SyncEngine:
                 conn = dry_conn or stack.enter_context(self.db.engine.connect())
                 problems = resolve_lookups(self.db, conn, pairs, wanted)
         unresolved = {id(flat[i][0]): msg for i, msg in problems.items()}
-        row_errors = _validate_rows([item for item in mapped if id(item) not in unresolved])
+        row_errors = validate_rows([item for item in mapped if id(item) not in unresolved])
         ready: list[Item] = []
         for item in mapped:
             if id(item) in unresolved:
@@ -657,31 +603,6 @@ class SyncEngine:
         with self._batch_tx(dry_conn) as conn:
             versions.drop(conn, self.st, self.name, name, list(stored.keys() | dropped))
             versions.hold(conn, self.st, self.name, name, pairs)
-
-    def _duplicates(
-        self,
-        dupes: list[Item],
-        batch: Mapping[str, str],
-        entries: Mapping[str, tuple[str, str]],
-        sr: StreamReport,
-        quarantined: list[tuple[str, str, str, Any]],
-    ) -> None:
-        """Records whose key this scan already read: counted when their content is the same,
-        quarantined (stage ``duplicate``) when it differs; the first one stays. (The files and
-        SQL connectors find such keys themselves and name both places.)
-        """
-        for d in dupes:
-            first = batch.get(d.ktext)  # the hash of the first one, when it is in this batch
-            entry = entries.get(d.ktext)  # (content hash, state)
-            if first is None and entry is not None and entry[1] == "present":
-                first = entry[0]
-            if first == d.hash:
-                sr.duplicates += 1
-                continue
-            here = d.raw.get("_source")  # where file records come from (subjects.csv:12)
-            at = f" at {here}" if here is not None else ""
-            message = f"key {d.ktext} read again{at} with different content; the first one is used"
-            quarantined.append((d.ktext, "duplicate", message, d.raw))
 
     # -- deletes
 
@@ -751,46 +672,3 @@ class SyncEngine:
             ledger.forget(conn, self.st, self.name, name, gone)
             versions.drop(conn, self.st, self.name, name, gone)
         sr.deleted = len(gone)
-
-
-def _validate_rows(items: Sequence[Item]) -> dict[int, RowError]:
-    """Validate the items' rows in place, a table at a time; ``id(item) -> error`` of the bad.
-
-    One call into pydantic-core per table instead of one per row. When a table's rows fail,
-    they are validated one by one, and a record with several bad rows gets the error of its
-    first (in the order its mapping produced them), as validating record by record would.
-    """
-    by_table: dict[int, tuple[TableSpec, list[tuple[Item, int]]]] = {}  # by id(spec)
-    for item in items:
-        for pos, (spec, _) in enumerate(item.rows):
-            entry = by_table.get(id(spec))
-            if entry is None:
-                entry = by_table[id(spec)] = (spec, [])
-            entry[1].append((item, pos))
-    failed: dict[int, tuple[int, RowError]] = {}  # id(item) -> (row position, its error)
-    for spec, places in by_table.values():
-        rows: list[Mapping[str, Any]] = [item.rows[pos][1] for item, pos in places]
-        try:
-            # Each a model's own __dict__, which nothing else holds: no copy needed.
-            valid = cast(list[dict[str, Any]], validate_batch(spec, rows))
-        except RowError:
-            for (item, pos), row in zip(places, rows, strict=True):
-                try:
-                    item.rows[pos] = (spec, validate_row(spec, row))
-                except RowError as exc:
-                    earlier = failed.get(id(item))
-                    if earlier is None or pos < earlier[0]:
-                        failed[id(item)] = (pos, exc)
-            continue
-        for (item, pos), row in zip(places, valid, strict=True):
-            item.rows[pos] = (spec, row)
-    return {k: exc for k, (_, exc) in failed.items()}
-
-
-def _short(exc: pydantic.ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:3]:
-        loc = ".".join(str(p) for p in err["loc"]) or "record"
-        parts.append(f"{loc}: {err['msg']}")
-    more = exc.error_count() - len(parts)
-    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
