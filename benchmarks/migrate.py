@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import gc
 import io
 import json
 import os
@@ -80,12 +79,13 @@ def child(args: argparse.Namespace) -> None:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from measure import peak_rss_mb
 
+    from limsync.cli.main import own_process
     from limsync.config.settings import load_settings
     from limsync.sync.migrate import migrate
 
     settings = load_settings(args.config)
     timings = _time_statements() if args.statements else None
-    gc.freeze()  # as the limsync command does once it has imported everything (cli/main.py)
+    own_process()  # as the limsync command does once it has imported everything
     for phase in ("first", "unchanged"):
         profiler = cProfile.Profile() if args.profile and phase == "first" else None
         started = time.perf_counter()

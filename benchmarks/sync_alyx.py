@@ -27,7 +27,6 @@ counted in the child's RSS. Benchmark schemas are dropped at the end.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import os
@@ -44,6 +43,7 @@ from urllib.parse import parse_qs
 import sqlalchemy as sa
 from pydantic import BaseModel, Field
 
+from limsync.cli.main import own_process
 from limsync.connectors.base import Stream, Streams
 from limsync.pipeline import Database, Key, Manual, Ref, Schema
 from limsync.sync.engine import SyncEngine
@@ -150,10 +150,11 @@ def engine_data(n: int, changed: bool) -> dict[str, list[dict[str, Any]]]:
 
 def child_engine(spec: dict[str, Any]) -> dict[str, Any]:
     """One engine-only phase against the in-memory source."""
-    # As the limsync command does once it has imported everything (see cli/main.py): the
+    # As the limsync command does once it has imported everything (see own_process): the
     # collector's full collections no longer walk what lives as long as the process (they took
-    # a sixth of a MariaDB first load). The source's records, made next, are collected as any.
-    gc.freeze()
+    # a sixth of a MariaDB first load), and background threads get the interpreter lock sooner.
+    # The source's records, made next, are collected as any.
+    own_process()
     data = engine_data(spec["records"], spec["phase"] == "changed")
     rss_before = peak_rss_mb()
     db = Database(spec["url"], schema_prefix=spec["prefix"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -27,7 +28,7 @@ from limsync.pipeline.batch import (
     split_by_bytes,
     table_spec,
 )
-from limsync.pipeline.changes import ChangeSet
+from limsync.pipeline.changes import ChangeSet, Key
 from limsync.pipeline.tables import Table, TableSpec
 from limsync.pipeline.upsert import (
     DEFAULT_BATCH_BYTES,
@@ -41,7 +42,7 @@ from limsync.pipeline.validation import validate_batch
 if TYPE_CHECKING:
     from limsync.pipeline.database import Database
 
-__all__ = ["enforces_foreign_keys", "insert_new"]
+__all__ = ["PreparedInsert", "enforces_foreign_keys", "insert_new", "prepare_insert"]
 
 
 def insert_new(
@@ -65,19 +66,56 @@ def insert_new(
 
     ``rows`` is held in memory (a batch): use :func:`upsert` to stream a large input, or when
     some rows may be stored already. Only use this where the database enforces foreign keys
-    (limsync's SQLite connections switch them on; see ``Database``).
+    (limsync's SQLite connections switch them on; see ``Database``). :func:`prepare_insert`
+    and :meth:`PreparedInsert.send` are its two halves, for a caller that encodes the rows in
+    one thread and sends them in another.
     """
+    prepared = prepare_insert(
+        db, table, rows, validate=validate, batch_rows=batch_rows, batch_bytes=batch_bytes
+    )
+    return prepared.send(db, conn)
+
+
+@dataclass(frozen=True)
+class PreparedInsert:
+    """:func:`insert_new`'s rows validated, encoded and cut into statements (with their MySQL
+    literals), ready to send on any connection to the database."""
+
+    spec: TableSpec
+    plan: Plan
+    parts: list[tuple[list[Encoded], list[str] | None]]
+    inserted: list[Key]
+
+    def send(self, db: Database, conn: sa.Connection) -> ChangeSet:
+        """Send the statements in the caller's transaction (errors as :func:`insert_new`'s)."""
+        for part, texts in self.parts:
+            _insert(db, conn, self.spec, self.plan, part, texts)
+        return ChangeSet(self.spec.qualname, inserted=list(self.inserted))
+
+
+def prepare_insert(
+    db: Database,
+    table: type[Table] | TableSpec,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    validate: bool = True,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
+) -> PreparedInsert:
+    """The first half of :func:`insert_new`, which needs no connection: a row that fails its
+    model, or a value no literal can carry, raises :class:`RowError` now."""
     spec = table_spec(table)
     db.register(spec)
     plan = plan_for(db, spec)
     valid = validate_batch(spec, list(rows)) if validate else rows
     unique = encode_unique(plan, spec, valid)
     per_batch = max(1, min(batch_rows, MAX_PARAMS[db.dialect] // max(1, len(spec.columns))))
+    parts: list[tuple[list[Encoded], list[str] | None]] = []
     for start in range(0, len(unique), per_batch):
         for part in split_by_bytes(plan, unique[start : start + per_batch], batch_bytes):
             texts = literal_rows(spec, plan, part) if plan.literals is not None else None
-            _insert(db, conn, spec, plan, part, texts)
-    return ChangeSet(spec.qualname, inserted=[key for key, _, _ in unique])
+            parts.append((part, texts))
+    return PreparedInsert(spec, plan, parts, [key for key, _, _ in unique])
 
 
 def _insert(

@@ -25,6 +25,11 @@ class Tries:
             return False
         return True
 
+    @property
+    def skipping(self) -> bool:
+        """Whether the next chance will be skipped (asked without counting it down)."""
+        return self._skip > 0
+
     def failed(self) -> None:
         """The attempt failed: skip the next 1, 3, 7, ... chances."""
         self._failures += 1

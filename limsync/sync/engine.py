@@ -40,7 +40,7 @@ from limsync.sync.mapping import Mapper, Wanted, resolve_lookups, wanted_lookups
 from limsync.sync.overlap import Ahead, WriteBehind
 from limsync.sync.records import Identified, duplicates, identify, validate_rows
 from limsync.sync.report import StreamReport, SyncReport
-from limsync.sync.writer import BatchWriter, Item
+from limsync.sync.writer import BatchWriter, Item, NewBatch
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class _Prepared:
     new_cursor: str | None
     dry_conn: sa.Connection | None
     found_first: int  # keys first seen by this scan that the ledger held already
+    new: NewBatch | None = None  # the optimistic write of an all-new batch, built ahead
 
     @property
     def writes(self) -> bool:
@@ -317,6 +318,9 @@ class SyncEngine:
             ided, new_cursor, odd = compared.pop()
             prep = self._finish(name, ided, odd.result(), sr, run_id, new_cursor, dry_conn,
                                 writes.wait)  # fmt: skip
+            # Built here, while the batch before is written: the writing thread then mostly
+            # waits on the server (and holds the interpreter lock less).
+            prep.new = self.writer.prepare_new(prep.ready, name)
             if prep.writes:
                 writes.submit(functools.partial(self._commit, prep))
             return prep.found_first
@@ -557,7 +561,9 @@ class SyncEngine:
         ledger landed (they got their entry in it)."""
         name, quarantined = prep.name, prep.quarantined
         with self._batch_tx(prep.dry_conn) as conn:
-            landed = self.writer.write(conn, prep.ready, quarantined, prep.sr, prep.run_id, name)
+            landed = self.writer.write(
+                conn, prep.ready, quarantined, prep.sr, prep.run_id, name, prep.new
+            )
             ledger.quarantine(conn, self.st, self.name, name, quarantined, prep.run_id)
             # A key both landed and quarantined in one batch is a duplicate: keep its entry.
             held = {k for k, _, _, _ in quarantined}

@@ -14,6 +14,10 @@ the parents check, the database's primary and foreign keys being the check. If a
 and the batch takes the careful path above, so results, quarantine stages and messages are
 those of the careful path. Where that keeps happening (a stream whose rows are mostly stored
 already), the optimistic attempt is skipped for a growing number of batches.
+
+What that optimistic write sends can be built before a connection is at hand
+(:meth:`BatchWriter.prepare_new`): the engine does it in its own thread while the batch before
+is written in the background, so the writing thread does little more than wait on the server.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from limsync.errors import RowError
 from limsync.pipeline import cascade, ledger
 from limsync.pipeline.database import Database
 from limsync.pipeline.graph import load_order
-from limsync.pipeline.insert import enforces_foreign_keys, insert_new
+from limsync.pipeline.insert import PreparedInsert, enforces_foreign_keys, prepare_insert
 from limsync.pipeline.state import StateTables
 from limsync.pipeline.tables import TableSpec
 from limsync.pipeline.tries import Tries
@@ -52,6 +56,47 @@ class Item:
     hash: str
     old: ledger.LedgerEntry | None = None
     rows: list[tuple[TableSpec, dict[str, Any]]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Books:
+    """A batch's bookkeeping texts: per table (by ``id`` of its spec) the rows' keys and key
+    texts in row order, and each record's ledger entry (key text, hash, targets text)."""
+
+    tables: dict[int, tuple[str, list[Key], list[str]]]
+    entries: list[tuple[str, str, str]]
+    existing: set[str]  # key texts of records the ledger holds already (changed records)
+
+    @classmethod
+    def of(cls, items: list[Item]) -> Books:
+        """Each row's key text built once (the targets and the outbox both need them)."""
+        key_text = ledger.key_text
+        tables: dict[int, tuple[str, list[Key], list[str]]] = {}
+        entries: list[tuple[str, str, str]] = []
+        for item in items:
+            targets = []
+            for spec, row in item.rows:
+                table = tables.get(id(spec))
+                if table is None:
+                    table = tables[id(spec)] = (spec.qualname, [], [])
+                key = spec.key_of(row)
+                text = key_text(key)
+                table[1].append(key)
+                table[2].append(text)
+                targets.append((table[0], text))
+            entries.append((item.ktext, item.hash, ledger.targets_text_of(targets)))
+        existing = {i.ktext for i in items if i.old is not None}
+        return cls(tables, entries, existing)
+
+
+@dataclass(frozen=True)
+class NewBatch:
+    """An all-new batch's optimistic write, built ahead: its items, a prepared plain INSERT per
+    table in load order, and its bookkeeping."""
+
+    items: list[Item]
+    inserts: list[PreparedInsert]
+    books: Books
 
 
 class BatchWriter:
@@ -82,9 +127,12 @@ class BatchWriter:
         sr: StreamReport,
         run_id: int,
         name: str,
+        new: NewBatch | None = None,
     ) -> list[Item]:
-        """Write items in a savepoint; records with missing parents or DB errors go aside."""
-        if items and self._write_new(conn, items, sr, run_id, name):
+        """Write items in a savepoint; records with missing parents or DB errors go aside.
+
+        ``new``: :meth:`prepare_new` of these items, when it was built ahead."""
+        if items and self._write_new(conn, items, sr, run_id, name, new):
             return items
         while items:
             try:
@@ -111,6 +159,31 @@ class BatchWriter:
                 )
         return []
 
+    def prepare_new(self, items: list[Item], name: str) -> NewBatch | None:
+        """What the optimistic write of ``items`` sends, built without a connection; None when
+        the batch will not be written that way (not all new, the attempt being skipped after
+        failures, a table referencing itself) or a value cannot be sent (the careful path
+        then names the record)."""
+        if not self.optimistic or not items or any(item.old is not None for item in items):
+            return None  # changed records need the diff, and their stale rows deleted
+        tries = self._tries.get(name)
+        if tries is not None and tries.skipping:
+            return None
+        by_table, specs = _by_table(items)
+        # A row referencing a row of its own table: the careful path checks parents before
+        # writing, so it sets aside a child whose parent comes in the same batch; a plain
+        # INSERT would take both (PostgreSQL and SQLite check at the end of the statement).
+        if any(fk.parent == q for q, spec in specs.items() for fk in spec.foreign_keys):
+            return None
+        try:
+            inserts = [
+                prepare_insert(self.db, spec, by_table[spec.qualname], validate=False)
+                for spec in load_order(specs.values())
+            ]
+        except RowError:
+            return None
+        return NewBatch(items, inserts, Books.of(items))
+
     def _write_new(
         self,
         conn: sa.Connection,
@@ -118,6 +191,7 @@ class BatchWriter:
         sr: StreamReport,
         run_id: int,
         name: str,
+        new: NewBatch | None,
     ) -> bool:
         """Write a batch of records all new to the ledger with plain INSERTs, in a savepoint.
 
@@ -129,21 +203,16 @@ class BatchWriter:
         tries = self._tries.setdefault(name, Tries(MAX_SKIP))
         if not tries.due():
             return False
-        by_table, specs = _by_table(items)
-        # A row referencing a row of its own table: the careful path checks parents before
-        # writing, so it sets aside a child whose parent comes in the same batch; a plain
-        # INSERT would take both (PostgreSQL and SQLite check at the end of the statement).
-        if any(fk.parent == q for q, spec in specs.items() for fk in spec.foreign_keys):
-            return False
+        if new is None or new.items is not items:
+            new = self.prepare_new(items, name)
+            if new is None:
+                return False
         if not enforces_foreign_keys(conn):
             return False  # an orphan would be stored, not refused
         try:
             with conn.begin_nested():
-                changes = [
-                    insert_new(self.db, conn, spec, by_table[spec.qualname], validate=False)
-                    for spec in load_order(specs.values())
-                ]
-                self._bookkeep(conn, items, changes, run_id, name)
+                changes = [insert.send(self.db, conn) for insert in new.inserts]
+                self._bookkeep(conn, new.books, changes, run_id, name)
         except (sa.exc.DBAPIError, RowError) as exc:
             if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
                 raise  # nothing to fall back on
@@ -158,30 +227,14 @@ class BatchWriter:
     def _bookkeep(
         self,
         conn: sa.Connection,
-        items: list[Item],
+        books: Books,
         changes: list[ChangeSet],
         run_id: int,
         name: str,
     ) -> None:
-        """The batch's outbox rows and ledger entries, each row's key text built once."""
+        """The batch's outbox rows and ledger entries."""
         key_text = ledger.key_text
-        # Per table, in row order: the rows' keys and key texts (the ledger's targets need the
-        # texts, and the outbox needs them again for the keys the ChangeSets list).
-        tables: dict[int, tuple[str, list[Key], list[str]]] = {}
-        entries: list[tuple[str, str, str]] = []
-        for item in items:
-            targets = []
-            for spec, row in item.rows:
-                table = tables.get(id(spec))
-                if table is None:
-                    table = tables[id(spec)] = (spec.qualname, [], [])
-                key = spec.key_of(row)
-                text = key_text(key)
-                table[1].append(key)
-                table[2].append(text)
-                targets.append((table[0], text))
-            entries.append((item.ktext, item.hash, ledger.targets_text_of(targets)))
-        by_name = {qualname: (keys, texts) for qualname, keys, texts in tables.values()}
+        by_name = {qualname: (keys, texts) for qualname, keys, texts in books.tables.values()}
         for cs in changes:
             keys, texts = by_name.get(cs.table, ([], []))
             lookup: dict[Key, str] | None = None
@@ -197,13 +250,7 @@ class BatchWriter:
                     out = [lookup.get(k) or key_text(k) for k in changed]
                 ledger.emit_texts(conn, self.st, cs.table, out, change, run_id)
         ledger.record(
-            conn,
-            self.st,
-            self.connector,
-            name,
-            entries,
-            run_id,
-            existing={i.ktext for i in items if i.old is not None},
+            conn, self.st, self.connector, name, books.entries, run_id, existing=books.existing
         )
 
     def _write_rows(
@@ -256,7 +303,7 @@ class BatchWriter:
                     stale.setdefault(table, []).append(tuple(key))
         for table, keys in stale.items():
             self.delete_rows(conn, table, keys, sr, run_id)
-        self._bookkeep(conn, items, changes, run_id, name)
+        self._bookkeep(conn, Books.of(items), changes, run_id, name)
         return [], changes
 
     @staticmethod

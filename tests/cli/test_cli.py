@@ -386,16 +386,19 @@ def test_python_dash_m_runs_the_cli() -> None:
     assert "Usage:" in done.stdout
 
 
-def test_the_console_script_freezes_what_it_imported_before_running(
+def test_the_console_script_tunes_its_own_process_before_running(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The ``limsync`` entry point moves its imports out of the collector's way, then runs."""
+    """The ``limsync`` entry point moves its imports out of the collector's way and shortens
+    the interpreter's switch interval for its background threads, then runs."""
     import gc
+    import sys
 
     from limsync.cli import main as entry
 
-    calls: list[str] = []
+    calls: list[object] = []
     monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(sys, "setswitchinterval", lambda s: calls.append(("switch", s)))
     monkeypatch.setattr(entry, "cli", lambda: calls.append("cli"))
     entry.main()
-    assert calls == ["freeze", "cli"]
+    assert calls == ["freeze", ("switch", 0.001), "cli"]

@@ -10,7 +10,7 @@ from example import LAB, SCHEMAS, Lab, Session, Subject, probe_row, session_row,
 
 from limsync.errors import MissingParentError, RowError
 from limsync.pipeline import ChangeSet, Database, insert_new, upsert
-from limsync.pipeline.insert import enforces_foreign_keys
+from limsync.pipeline.insert import enforces_foreign_keys, prepare_insert
 from limsync.testing.sql import statements
 
 
@@ -128,6 +128,32 @@ def test_bad_values_are_named(pipeline: Database) -> None:
         if db.dialect == "mysql":  # which names the row too
             assert (err.key, err.column) == ({"subject_uuid": uid(3)}, "nickname")
     assert db.count(Subject) == 0
+
+
+def test_a_prepared_insert_sends_later_what_insert_new_sends(pipeline: Database) -> None:
+    """Encoded and cut into statements with no connection at hand, then sent in a transaction
+    opened afterwards: the same statements, rows and ChangeSet as insert_new."""
+    db = pipeline
+    rows = [subject_row(n) for n in range(5)]
+    prepared = prepare_insert(db, Subject, rows, batch_rows=2)
+    assert len(prepared.parts) == 3 and prepared.inserted == [(uid(n),) for n in range(5)]
+    with statements(db) as sent, db.transaction() as conn:
+        cs = prepared.send(db, conn)
+    assert cs.inserted == [(uid(n),) for n in range(5)] and not cs.updated
+    assert len([s for s in sent if s.startswith("INSERT INTO")]) == 3
+    assert db.count(Subject) == 5
+    # Sent again, the rows are stored: refused as insert_new refuses them.
+    with pytest.raises(RowError, match="already stored"), db.transaction() as conn:
+        prepared.send(db, conn)
+    assert db.count(Subject) == 5
+
+
+def test_a_row_that_fails_its_model_is_refused_before_anything_is_sent(
+    pipeline: Database,
+) -> None:
+    with pytest.raises(RowError) as info:
+        prepare_insert(pipeline, Subject, [subject_row(1), subject_row(2, sex="X")])
+    assert (info.value.key, info.value.column) == ({"subject_uuid": uid(2)}, "sex")
 
 
 def test_the_database_enforces_foreign_keys(db: Database) -> None:

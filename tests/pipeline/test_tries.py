@@ -31,3 +31,12 @@ def test_failures_in_a_row_skip_1_3_7_chances_up_to_the_most() -> None:
 
 def test_a_success_starts_afresh() -> None:
     assert pattern(Tries(), [False, True, False, True], 6) == "T.TT.T"
+
+
+def test_skipping_tells_the_next_chance_without_counting_it() -> None:
+    tries = Tries()
+    assert not tries.skipping
+    tries.failed()
+    assert tries.skipping and tries.skipping  # asking twice changes nothing
+    assert not tries.due()  # the skipped chance
+    assert not tries.skipping and tries.due()

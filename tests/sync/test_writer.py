@@ -250,3 +250,50 @@ def test_no_optimistic_write_where_foreign_keys_are_not_checked(db: Database) ->
     assert not optimistic(sent)
     # limsync's own check still sets the orphan aside.
     assert [(k, stage) for k, stage, _, _ in quarantined] == [("[2]", "reference")]
+
+
+def test_a_batch_prepared_ahead_is_written_as_built(db: Database, twin: Database) -> None:
+    """The engine builds an all-new batch's INSERTs and bookkeeping before the write (in its
+    own thread): the writer sends those, and the result is the careful path's."""
+    writer = BatchWriter(db, state.ensure(db), "mem")
+    items = [item(n, f"m{n}") for n in range(1, 4)]
+    new = writer.prepare_new(items, "mice")
+    assert new is not None and [p.spec.qualname for p in new.inserts] == [
+        "wsubj.mouse",
+        "wsubj.tag",
+    ]
+
+    def not_again(*_: Any) -> None:
+        raise AssertionError("built twice")
+
+    writer.prepare_new = not_again  # type: ignore[method-assign,assignment]
+    quarantined: list[tuple[str, str, str, Any]] = []
+    sr = StreamReport("mice")
+    with statements(db) as sent, db.transaction() as conn:
+        landed = writer.write(conn, items, quarantined, sr, 1, "mice", new)
+    assert optimistic(sent) and landed == items and not quarantined
+    careful = write(twin, [item(n, f"m{n}") for n in range(1, 4)], optimistic=False)
+    assert snapshot(db) == snapshot(twin)
+    assert sr.to_dict() == careful.report.to_dict()
+
+
+def test_nothing_is_prepared_for_a_batch_that_is_not_written_optimistically(db: Database) -> None:
+    prepare(db)
+    writer = BatchWriter(db, state.ensure(db), "mem")
+    changed = item(1, "m1")
+    changed.old = ledger.LedgerEntry("h", "present", None)
+    assert writer.prepare_new([changed, item(2, "m2")], "mice") is None
+    assert writer.prepare_new([], "mice") is None
+    assert (
+        BatchWriter(db, state.ensure(db), "mem", optimistic=False).prepare_new(
+            [item(2, "m2")], "mice"
+        )
+        is None
+    )
+    # After a refused attempt the next chance is skipped: nothing is built for it.
+    with db.transaction() as conn:
+        upsert(db, conn, Mouse, [{"mouse_uuid": uid(3), "lab_name": "cortex", "nickname": "x"}])
+    assert not optimistic(write(db, [item(3, "m3")], writer).sent)
+    assert writer.prepare_new([item(4, "m4")], "mice") is None
+    assert not optimistic(write(db, [item(4, "m4")], writer).sent)  # the skipped chance
+    assert writer.prepare_new([item(5, "m5")], "mice") is not None
