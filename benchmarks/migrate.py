@@ -12,6 +12,12 @@ shared machine it varies less than the wall-clock time.
     PYTHONPATH=. python benchmarks/migrate.py --rows 1000000 --backends sqlite mysql
     PYTHONPATH=. python benchmarks/migrate.py --rows 100000 --backends sqlite --profile
     PYTHONPATH=. python benchmarks/migrate.py --rows 100000 --backends mysql --statements
+    PYTHONPATH=. python benchmarks/migrate.py --rows 1000000 --backends mysql --server-floor
+
+``--server-floor`` (MariaDB/MySQL): the first migration's statements are recorded, then
+replayed back to back into fresh schemas on one connection, committing where the migration
+committed: the server's own time for exactly that work, with no client work between the
+statements. The first migration cannot be faster than that.
 
 MariaDB/MySQL comes from ``LIMSYNC_TEST_MYSQL_URL`` (skipped when unset); its schemas get a
 unique ``bench_<random>_`` prefix and are dropped afterwards.
@@ -85,6 +91,7 @@ def child(args: argparse.Namespace) -> None:
 
     settings = load_settings(args.config)
     timings = _time_statements() if args.statements else None
+    record = _record_statements(args.record) if args.record else None
     own_process()  # as the limsync command does once it has imported everything
     for phase in ("first", "unchanged"):
         profiler = cProfile.Profile() if args.profile and phase == "first" else None
@@ -106,6 +113,8 @@ def child(args: argparse.Namespace) -> None:
             "ok": result.ok,
         }  # fmt: skip
         print(json.dumps(line), flush=True)
+        if record is not None:
+            record.close()  # the first migration's statements only
         if timings is not None:
             _print_statements(phase, timings, result.read)
             timings.clear()
@@ -138,6 +147,85 @@ def _time_statements() -> dict[str, list[float]]:
         t[1] += seconds
 
     return timings
+
+
+def _record_statements(path: Path) -> Any:
+    """Pickle every statement and commit of this process's engines to ``path``, in order (the
+    write-behind and compare threads too: a lock keeps their records whole)."""
+    import pickle
+    import threading
+
+    from sqlalchemy import event
+
+    out = path.open("wb")
+    lock = threading.Lock()
+
+    def write(item: tuple[str, Any]) -> None:
+        with lock:
+            if not out.closed:
+                pickle.dump(item, out)
+
+    @event.listens_for(sa.engine.Engine, "before_cursor_execute")
+    def statement(_conn: Any, _cursor: Any, sql: str, parameters: Any, *_: Any) -> None:
+        write((sql, parameters))
+
+    @event.listens_for(sa.engine.Engine, "commit")
+    def commit(_conn: Any) -> None:
+        write(("COMMIT", None))
+
+    return out
+
+
+def server_floor(url: str, prefix: str, path: Path, records: int) -> None:
+    """Replay the recorded statements into fresh schemas and print the server's time."""
+    import pickle
+
+    drop_mysql(url, prefix)
+    engine = sa.create_engine(url)
+    raw = engine.raw_connection()
+    cursor = raw.cursor()
+    kinds: dict[str, list[float]] = {}
+    total, count = 0.0, 0
+    # Not replayed: locks, and the savepoints of a batch (their statements all succeeded).
+    skip = ("SELECT GET_LOCK", "SELECT RELEASE_LOCK", "SAVEPOINT", "RELEASE SAVEPOINT")
+    try:
+        with path.open("rb") as f:
+            while True:
+                try:
+                    sql, parameters = pickle.load(f)
+                except EOFError:
+                    break
+                if sql.lstrip().upper().startswith(skip):
+                    continue
+                started = time.perf_counter()
+                if sql == "COMMIT":
+                    raw.commit()
+                else:
+                    query = sql if not parameters else cursor.mogrify(sql, parameters)
+                    try:
+                        cursor.execute(query)
+                        cursor.fetchall()
+                    except Exception:
+                        # As in the migration: asking for tables before they are declared.
+                        if sql.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")):
+                            raise
+                seconds = time.perf_counter() - started
+                kind = re.sub(r"bench_[0-9a-f]+_", "", " ".join(sql.split()[:4]))[:60]
+                k = kinds.setdefault(kind, [0, 0.0])
+                k[0] += 1
+                k[1] += seconds
+                total += seconds
+                count += 1
+        raw.commit()
+    finally:
+        raw.close()
+        engine.dispose()
+    print(
+        f"server floor: {count:,} statements replayed in {total:.1f} s, "
+        f"{records / total:,.0f} records/s at most"
+    )
+    for kind, (n, seconds) in sorted(kinds.items(), key=lambda x: -x[1][1])[:6]:
+        print(f"  {seconds:7.2f} s {int(n):6d}x  {kind}")
 
 
 def _print_statements(phase: str, timings: dict[str, list[float]], records: int) -> None:
@@ -179,9 +267,15 @@ def main() -> int:
     parser.add_argument(
         "--statements", action="store_true", help="time the SQL statements of each phase, by kind"
     )
+    parser.add_argument(
+        "--server-floor",
+        action="store_true",
+        help="MariaDB/MySQL: replay the first migration's statements alone (see above)",
+    )
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--record", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -227,6 +321,9 @@ def main() -> int:
                 cmd.append("--profile")
             if args.statements:
                 cmd.append("--statements")
+            recorded = root / "statements.pickle"
+            if args.server_floor and backend == "mysql":
+                cmd += ["--record", str(recorded)]
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
             except subprocess.TimeoutExpired:
@@ -245,6 +342,12 @@ def main() -> int:
                     f"{r['peak_rss_mb']:12,}  {detail}"
                 )
                 failed |= not r["ok"]
+            if backend == "mysql" and args.server_floor and recorded.exists():
+                try:
+                    server_floor(url, prefix, recorded, args.rows)
+                finally:
+                    recorded.unlink()
+                    drop_mysql(url, prefix)
             if proc.returncode != 0 or args.profile or args.statements:
                 sys.stdout.flush()
                 print(proc.stderr[-20000:], file=sys.stderr)
