@@ -184,6 +184,8 @@ def child_alyx(spec: dict[str, Any]) -> dict[str, Any]:
     from limsync.config.settings import Settings
     from limsync.sync.runner import sync
 
+    own_process()  # as the limsync command does (see child_engine)
+
     settings = Settings(
         database_url=spec["url"],
         schema_prefix=spec["prefix"],
