@@ -53,6 +53,15 @@ def test_identify_splits_keys_read_before_from_new_ones_and_quarantines_invalid(
     assert error.startswith("id: ")
 
 
+def test_a_batch_of_keys_all_read_for_the_first_time() -> None:
+    seen: set[int] = {seen_id(ledger.key_text((9,)))}
+    ided = identify(Identity(STREAM), [{"id": n, "name": "x"} for n in range(3)], seen)
+    assert ided.first == [0, 1, 2] and ided.again == []
+    assert seen == {seen_id(ledger.key_text((n,))) for n in (0, 1, 2, 9)}
+    again = identify(Identity(STREAM), [{"id": 2, "name": "x"}, {"id": 3, "name": "x"}], seen)
+    assert again.first == [1] and again.again == [0]
+
+
 def _item(key: int, digest: str, raw: dict[str, Any] | None = None) -> Item:
     rec = Rec(id=key, name="n")
     return Item((key,), ledger.key_text((key,)), raw or {}, rec, digest)
