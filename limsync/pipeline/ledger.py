@@ -246,6 +246,8 @@ def _key_part(v: Any) -> str:
         return int.__repr__(v)
     if t is uuid.UUID:
         return f'"{v}"'  # hex digits and dashes: nothing to escape
+    if t is dt.datetime or t is dt.date:
+        return f'"{v}"'  # digits, dashes, colons, a space, a dot, a plus: nothing to escape
     if v is None or isinstance(v, _JSON_NATIVE):
         return json.dumps(v, separators=(",", ":"), default=str)
     return encode_basestring_ascii(str(v))  # what default=str does: dates, decimals, ...

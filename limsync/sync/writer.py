@@ -45,7 +45,7 @@ from limsync.sync.report import StreamReport
 MAX_SKIP = 64
 
 
-@dataclass
+@dataclass(slots=True)
 class Item:
     """One source record travelling through a batch."""
 

@@ -36,6 +36,7 @@ parts = st.one_of(
     st.floats(allow_nan=False),
     st.uuids(),
     st.datetimes(),
+    st.datetimes(timezones=st.sampled_from([dt.UTC, dt.timezone(dt.timedelta(hours=-5))])),
     st.dates(),
     st.decimals(allow_nan=False, allow_infinity=False),
 )
