@@ -389,8 +389,9 @@ def test_python_dash_m_runs_the_cli() -> None:
 def test_the_console_script_tunes_its_own_process_before_running(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The ``limsync`` entry point moves its imports out of the collector's way and shortens
-    the interpreter's switch interval for its background threads, then runs."""
+    """The ``limsync`` entry point moves its imports out of the collector's way, sizes its
+    young generation for batches, shortens the interpreter's switch interval for its
+    background threads, then runs."""
     import gc
     import sys
 
@@ -398,7 +399,8 @@ def test_the_console_script_tunes_its_own_process_before_running(
 
     calls: list[object] = []
     monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(gc, "set_threshold", lambda *t: calls.append(("gc", t)))
     monkeypatch.setattr(sys, "setswitchinterval", lambda s: calls.append(("switch", s)))
     monkeypatch.setattr(entry, "cli", lambda: calls.append("cli"))
     entry.main()
-    assert calls == ["freeze", ("switch", 0.001), "cli"]
+    assert calls == ["freeze", ("gc", (50_000, 20, 10)), ("switch", 0.001), "cli"]
