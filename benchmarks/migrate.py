@@ -13,11 +13,14 @@ shared machine it varies less than the wall-clock time.
     PYTHONPATH=. python benchmarks/migrate.py --rows 100000 --backends sqlite --profile
     PYTHONPATH=. python benchmarks/migrate.py --rows 100000 --backends mysql --statements
     PYTHONPATH=. python benchmarks/migrate.py --rows 1000000 --backends mysql --server-floor
+    PYTHONPATH=. python benchmarks/migrate.py --rows 1000000 --backends mysql --buffer-pool-mb 1024
 
 ``--server-floor`` (MariaDB/MySQL): the first migration's statements are recorded, then
 replayed back to back into fresh schemas on one connection, committing where the migration
 committed: the server's own time for exactly that work, with no client work between the
-statements. The first migration cannot be faster than that.
+statements. The first migration cannot be faster than that. ``--buffer-pool-mb`` runs with
+another InnoDB buffer pool (``SET GLOBAL``, restored afterwards; MariaDB's default is 128 MB,
+less than a million-row migration's ledger and tables).
 
 MariaDB/MySQL comes from ``LIMSYNC_TEST_MYSQL_URL`` (skipped when unset); its schemas get a
 unique ``bench_<random>_`` prefix and are dropped afterwards.
@@ -257,6 +260,23 @@ def drop_mysql(url: str, prefix: str) -> None:
     engine.dispose()
 
 
+def buffer_pool(url: str, size: int) -> int:
+    """Resize MariaDB's InnoDB buffer pool (online, server-wide); returns the size before."""
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        before = int(conn.exec_driver_sql("SELECT @@innodb_buffer_pool_size").scalar_one())
+        conn.exec_driver_sql(f"SET GLOBAL innodb_buffer_pool_size = {int(size)}")
+        for _ in range(100):  # the resize runs in the background
+            time.sleep(0.1)
+            status = conn.exec_driver_sql(
+                "SHOW STATUS LIKE 'Innodb_buffer_pool_resize_status'"
+            ).fetchone()
+            if status is None or not status[1] or "complete" in str(status[1]).lower():
+                break
+    engine.dispose()
+    return before
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -271,6 +291,11 @@ def main() -> int:
         "--server-floor",
         action="store_true",
         help="MariaDB/MySQL: replay the first migration's statements alone (see above)",
+    )
+    parser.add_argument(
+        "--buffer-pool-mb",
+        type=int,
+        help="MariaDB/MySQL: run with this innodb_buffer_pool_size (SET GLOBAL; restored after)",
     )
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -324,6 +349,10 @@ def main() -> int:
             recorded = root / "statements.pickle"
             if args.server_floor and backend == "mysql":
                 cmd += ["--record", str(recorded)]
+            pool = None
+            if args.buffer_pool_mb and backend == "mysql":
+                pool = buffer_pool(url, args.buffer_pool_mb * 1024 * 1024)
+                print(f"mysql: innodb_buffer_pool_size {args.buffer_pool_mb} MB (was {pool >> 20})")
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
             except subprocess.TimeoutExpired:
@@ -333,6 +362,8 @@ def main() -> int:
             finally:
                 if backend == "mysql":
                     drop_mysql(url, prefix)
+                if pool is not None:
+                    buffer_pool(url, pool)
             for raw in proc.stdout.splitlines():
                 r: dict[str, Any] = json.loads(raw)
                 detail = f"new {r['new']:,}, unchanged {r['unchanged']:,}, rejected {r['rejected']}"
