@@ -79,6 +79,8 @@ class Mapper:
         self.smap = smap
         self.stream = smap.stream
         self._targets: dict[str, tuple[TableSpec, dict[str, str], frozenset[str]]] = {}
+        # The same by id() of the table objects the map emits, each kept alive with its entry.
+        self._by_id: dict[int, tuple[Any, TableSpec, dict[str, str], frozenset[str]]] = {}
         defaults = {s.qualname: s for s in smap.specs}
         overrides = dict(overrides or {})
         unknown = sorted(set(overrides) - set(defaults))
@@ -121,9 +123,14 @@ class Mapper:
     def rows(self, record: pydantic.BaseModel) -> list[tuple[TableSpec, Row]]:
         """The rows one record maps to, after overrides (validation is the engine's job)."""
         out: list[tuple[TableSpec, Row]] = []
+        by_id = self._by_id
         for table, row in self.smap.fn(record):
-            qualname = _spec(table).qualname
-            target, rename, exclude = self._targets[qualname]
+            # Per table object (a class or a spec the map holds), not per qualname: that is a
+            # property, a string built at every call, and this runs for every row.
+            found = by_id.get(id(table))
+            if found is None or found[0] is not table:
+                found = by_id[id(table)] = (table, *self._targets[_spec(table).qualname])
+            _, target, rename, exclude = found
             if rename or exclude:
                 row = {rename.get(k, k): v for k, v in row.items() if k not in exclude}
             out.append((target, row))
