@@ -394,54 +394,14 @@ class SyncEngine:
         return self.stop is not None and self.stop.is_set()
 
     def replay(self, name: str, raws: list[dict[str, Any]], sr: StreamReport, run_id: int) -> None:
-        """Process raw records again (quarantine replay), without reading the source."""
+        """Process raw records again (quarantine replay), without reading the source: one batch
+        through the stages a read's batches go through."""
         with Lock(self.db, f"sync:{self.name}") as _:
-            self._process(name, self.connector.stream(name), raws, sr, run_id, set(), None, None)
-
-    def _process(
-        self,
-        name: str,
-        stream: Stream,
-        raws: list[dict[str, Any]],
-        sr: StreamReport,
-        run_id: int,
-        seen: set[int],
-        new_cursor: str | None,
-        dry_conn: sa.Connection | None,
-    ) -> int:
-        """Validate, hash, map and write one batch; returns how many of its keys, first seen by
-        this scan, the ledger now holds (found in it, or recorded by this batch)."""
-        prep = self._prepare(name, stream, raws, sr, run_id, seen, new_cursor, dry_conn)
-        return prep.found_first + (self._commit(prep) if prep.writes else 0)
-
-    def _prepare(
-        self,
-        name: str,
-        stream: Stream,
-        raws: list[dict[str, Any]],
-        sr: StreamReport,
-        run_id: int,
-        seen: set[int],
-        new_cursor: str | None,
-        dry_conn: sa.Connection | None,
-        settle: Callable[[], None] = lambda: None,
-        *,
-        fresh: bool = False,
-    ) -> _Prepared:
-        """Validate, hash and map one batch: everything but its transaction (:meth:`_commit`).
-
-        The three stages one after the other; :meth:`_sync_stream` runs a batch's comparison
-        with the ledger while the next batch is identified. ``settle`` waits for the previous
-        batch's write, where this batch must see it: before the ledger is asked about keys
-        this scan read before (their first copy may be in that batch), and before lookups into
-        a table this stream writes itself. ``fresh``: the ledger held nothing of the stream
-        when the scan began.
-        """
-        ided = identify(self._identity(stream), raws, seen)
-        if ided.again:
-            settle()
-        odd = self._compare(name, ided, dry_conn, fresh)
-        return self._finish(name, ided, odd, sr, run_id, new_cursor, dry_conn, settle)
+            ided = identify(self._identity(self.connector.stream(name)), raws, set())
+            odd = self._compare(name, ided, None, fresh=False)
+            prep = self._finish(name, ided, odd, sr, run_id, None, None, lambda: None)
+            if prep.writes:
+                self._commit(prep)
 
     def _compare(
         self, name: str, ided: Identified, conn: sa.Connection | None, fresh: bool
@@ -475,7 +435,13 @@ class SyncEngine:
         dry_conn: sa.Connection | None,
         settle: Callable[[], None],
     ) -> _Prepared:
-        """Map and check the batch's new and changed records, given the ledger's answer."""
+        """Map and check the batch's new and changed records, given the ledger's answer
+        (:meth:`_compare`): everything but the batch's transaction (:meth:`_commit`).
+
+        ``settle`` waits for the previous batch's write, where this batch must see it: before
+        lookups into a table this stream writes itself (a batch holding keys read before waits
+        for it before its comparison, see :meth:`_sync_stream`).
+        """
         quarantined = ided.quarantined
         valid, records, keys, texts, hashes = (
             ided.valid, ided.records, ided.keys, ided.texts, ided.hashes
