@@ -21,6 +21,7 @@ import sqlalchemy as sa
 
 from limsync.pipeline.literals import literal
 from limsync.pipeline.state import StateTables, utcnow
+from limsync.pipeline.upsert_sql import values_row
 
 CHUNK = 1000
 
@@ -158,8 +159,7 @@ def _insert_literal_rows(
     """
     if not _backslash_escapes(conn, "utf8") or not all(type(v) is str for row in rows for v in row):
         return False
-    # MySQL 8 writes a VALUES table's rows as ROW(...), MariaDB as (...).
-    start_row = "('" if getattr(conn.dialect, "is_mariadb", False) else "ROW('"
+    start_row = values_row(conn.dialect) + "'"
     # Key texts, hashes and targets seldom hold a quote or a backslash: one scan of the whole
     # batch (C loops over one string) usually spares escaping every value on its own.
     text = "".join(chain.from_iterable(rows))
@@ -444,8 +444,7 @@ def _mismatch_sql_mysql(
         rows = [f"{i},{text(k)},{text(h)}" for i, (k, h) in enumerate(part)]
         c, s = text(connector), text(stream)
     mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
-    # MySQL 8 writes a VALUES table's rows as ROW(...), MariaDB as (...).
-    row = "(" if mariadb else "ROW("
+    row = values_row(conn.dialect)
     values = row + f"), {row}".join(rows) + ")"
     limit = f"SET STATEMENT group_concat_max_len = {_CONCAT_MAX} FOR " if mariadb else ""
     hint = "" if mariadb else f"/*+ SET_VAR(group_concat_max_len = {_CONCAT_MAX}) */ "

@@ -61,6 +61,7 @@ from limsync.pipeline.upsert_sql import (
     in_sql,
     params,
     placeholder,
+    values_row,
     write_sql,
     write_tail,
 )
@@ -295,8 +296,7 @@ def _diff(
     rows = [enc for _, _, enc in part]
     try:
         if literals is not None:
-            # A VALUES table's rows: (...) on MariaDB, ROW(...) on MySQL 8.
-            row = "(" if db.is_mariadb else "ROW("
+            row = values_row(db.engine.dialect)
             values = ", ".join(f"{row}{i}, {text})" for i, text in enumerate(literals))
             sql = diff_sql(db, spec, 0, check) + values + diff_tail(db, spec, check)
             count, text = conn.exec_driver_sql(no_params(sql)).one()

@@ -29,6 +29,13 @@ from limsync.pipeline.tables import TableSpec
 if TYPE_CHECKING:
     from limsync.pipeline.database import Database
 
+
+def values_row(dialect: sa.engine.Dialect) -> str:
+    """How a row of a ``VALUES`` table opens on a MySQL-family server: ``(`` on MariaDB,
+    ``ROW(`` on MySQL 8 (which reads a bare ``(...)`` there as an error)."""
+    return "(" if getattr(dialect, "is_mariadb", False) else "ROW("
+
+
 MAX_PARAMS = {
     "sqlite": 32_000 if sqlite3.sqlite_version_info >= (3, 32) else 999,
     "postgresql": 65_000,
