@@ -9,7 +9,7 @@ depends on the width of the rows.
 
 Memory is bounded the way ``sort`` bounds it, by spilling to a file. Up to ``memory_keys`` keys
 (:data:`DEFAULT_MEMORY_KEYS`) are kept in memory: the keys in a list, statuses and digests in
-arrays, hashes in sorted numpy runs. When that many are held, all of them move to a temporary
+arrays, hashes in sorted numpy runs. When more are held, all of them move to a temporary
 SQLite database (:class:`Spill`), one row per key clustered by hash, and memory starts again
 empty. Later batches look their keys up in both places: in memory, and in the file for the
 hashes that a fixed-size Bloom filter says it may hold (most keys of a call are new, and a
@@ -170,8 +170,8 @@ class Outcome:
     ``encode_key`` turns a key as listed (validated values) into its encoded form, to confirm
     a hash match; keys are matched *encoded* (two datetimes truncated to the same stored key,
     or a uuid given as str and as UUID, are one key). Keys have positions in order of first
-    appearance; once ``memory_keys`` are held in memory they all move to a spill file (None:
-    never).
+    appearance; once more than ``memory_keys`` are held in memory they all move to a spill
+    file (None: never).
     """
 
     def __init__(
@@ -255,7 +255,9 @@ class Outcome:
         self._status.extend(statuses)
         self._before.extend(befores)
         self._index.add(hashes, np.arange(start, start + len(keys), dtype=np.int64))
-        if self._bound is not None and len(self._keys) >= self._bound:
+        # More than the bound, not as many: a call of exactly memory_keys rows (a round
+        # number, often the whole load) would otherwise pay for moving all of them at its end.
+        if self._bound is not None and len(self._keys) > self._bound:
             self._move_to_spill()
 
     def _write_back(self) -> None:

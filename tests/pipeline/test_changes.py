@@ -133,9 +133,9 @@ def test_spilled_keys_come_back_as_the_same_values_in_order(spill_dir: Path) -> 
 
 
 def test_a_key_seen_before_the_spill_keeps_its_exact_status(spill_dir: Path) -> None:
-    outcome = Outcome(identity, memory_keys=3)
+    outcome = Outcome(identity, memory_keys=2)
     a, b, c = (1,), (2,), (3,)
-    record(outcome, [a, b, c], [UNCHANGED, INSERTED, UPDATED])  # three keys: spilled
+    record(outcome, [a, b, c], [UNCHANGED, INSERTED, UPDATED])  # more than two keys: spilled
     assert len(spill_files(spill_dir)) == 1
     record(outcome, [(4,)], [INSERTED])  # in memory, after the spill
     positions, _ = outcome.earlier([(4,), c, (5,), a, b])
@@ -183,7 +183,8 @@ def test_the_file_goes_when_the_changeset_is_collected_or_closed(spill_dir: Path
     assert cs.counts() == {"inserted": 0, "updated": 0, "unchanged": 0}
 
     outcome = Outcome(identity, memory_keys=2)
-    record(outcome, [(1,), (2,)], [INSERTED, INSERTED])
+    record(outcome, [(1,), (2,), (3,)], [INSERTED, INSERTED, INSERTED])
+    assert len(spill_files(spill_dir)) == 1
     outcome.close()  # what upsert does when a batch fails
     assert spill_files(spill_dir) == []
 
