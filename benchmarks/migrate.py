@@ -13,14 +13,19 @@ shared machine it varies less than the wall-clock time.
     PYTHONPATH=. python benchmarks/migrate.py --rows 100000 --backends sqlite --profile
     PYTHONPATH=. python benchmarks/migrate.py --rows 100000 --backends mysql --statements
     PYTHONPATH=. python benchmarks/migrate.py --rows 1000000 --backends mysql --server-floor
-    PYTHONPATH=. python benchmarks/migrate.py --rows 1000000 --backends mysql --buffer-pool-mb 1024
+    PYTHONPATH=. python benchmarks/migrate.py --rows 1000000 --backends mysql --server datajoint
 
 ``--server-floor`` (MariaDB/MySQL): the first migration's statements are recorded, then
 replayed back to back into fresh schemas on one connection, committing where the migration
 committed: the server's own time for exactly that work, with no client work between the
-statements. The first migration cannot be faster than that. ``--buffer-pool-mb`` runs with
-another InnoDB buffer pool (``SET GLOBAL``, restored afterwards; MariaDB's default is 128 MB,
-less than a million-row migration's ledger and tables).
+statements. The first migration cannot be faster than that.
+
+``--server datajoint`` runs MariaDB/MySQL with the InnoDB settings of DataJoint's own server
+image (``datajoint/mysql-docker``'s ``my.cnf``: a 4 GB buffer pool, a 2 GB redo log), set with
+``SET GLOBAL`` and restored afterwards; ``--buffer-pool-mb`` sets the buffer pool alone.
+MariaDB's defaults (a 128 MB buffer pool, a 96 MB redo log) hold less than a million-row
+migration's ledger and tables, so past a few hundred thousand rows each row costs the server
+more (see benchmarks/README.md).
 
 MariaDB/MySQL comes from ``LIMSYNC_TEST_MYSQL_URL`` (skipped when unset); its schemas get a
 unique ``bench_<random>_`` prefix and are dropped afterwards.
@@ -96,7 +101,7 @@ def child(args: argparse.Namespace) -> None:
     timings = _time_statements() if args.statements else None
     record = _record_statements(args.record) if args.record else None
     own_process()  # as the limsync command does once it has imported everything
-    for phase in ("first", "unchanged"):
+    for phase in ("first", "unchanged")[: 1 if args.first_only else 2]:
         profiler = cProfile.Profile() if args.profile and phase == "first" else None
         started = time.perf_counter()
         cpu = time.process_time()
@@ -260,13 +265,30 @@ def drop_mysql(url: str, prefix: str) -> None:
     engine.dispose()
 
 
-def buffer_pool(url: str, size: int) -> int:
-    """Resize MariaDB's InnoDB buffer pool (online, server-wide); returns the size before."""
+# The InnoDB settings of DataJoint's own MySQL server image (datajoint/mysql-docker, my.cnf),
+# the server a DataJoint lab is told to run; the rest of that file does not bear on speed.
+SERVER_PRESETS: dict[str, dict[str, int]] = {
+    "default": {},
+    "datajoint": {
+        "innodb_buffer_pool_size": 4 << 30,
+        "innodb_log_file_size": 2 << 30,
+        "max_allowed_packet": 512 << 20,
+    },
+}
+
+
+def server_settings(url: str, settings: dict[str, int]) -> dict[str, int]:
+    """Set MariaDB/MySQL global variables (online, server-wide); returns their values before.
+
+    A buffer pool resize runs in the background: this waits until it is done.
+    """
     engine = sa.create_engine(url)
+    before: dict[str, int] = {}
     with engine.connect() as conn:
-        before = int(conn.exec_driver_sql("SELECT @@innodb_buffer_pool_size").scalar_one())
-        conn.exec_driver_sql(f"SET GLOBAL innodb_buffer_pool_size = {int(size)}")
-        for _ in range(100):  # the resize runs in the background
+        for name, value in settings.items():
+            before[name] = int(conn.exec_driver_sql(f"SELECT @@GLOBAL.{name}").scalar_one())
+            conn.exec_driver_sql(f"SET GLOBAL {name} = {int(value)}")
+        for _ in range(300 if "innodb_buffer_pool_size" in settings else 0):
             time.sleep(0.1)
             status = conn.exec_driver_sql(
                 "SHOW STATUS LIKE 'Innodb_buffer_pool_resize_status'"
@@ -275,6 +297,37 @@ def buffer_pool(url: str, size: int) -> int:
                 break
     engine.dispose()
     return before
+
+
+def run_backend(
+    cmd: list[str], backend: str, url: str, prefix: str, recorded: Path, args: argparse.Namespace
+) -> subprocess.CompletedProcess[str] | None:
+    """Run one backend's child, print its phases (and the server floor); None on a timeout."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        print(f"{backend}: timed out after {args.timeout:.0f} s")
+        return None
+    finally:
+        if backend == "mysql":
+            drop_mysql(url, prefix)
+    for raw in proc.stdout.splitlines():
+        r: dict[str, Any] = json.loads(raw)
+        detail = f"new {r['new']:,}, unchanged {r['unchanged']:,}, rejected {r['rejected']}"
+        print(
+            f"{backend:8} {r['phase']:10} {r['seconds']:8.1f} {r['rows_per_s']:8,} "
+            f"{r['cpu']:6.1f} {1e6 * r['cpu'] / max(1, r['read']):10.0f} "
+            f"{r['peak_rss_mb']:12,}  {detail}"
+        )
+        if not r["ok"]:
+            proc.returncode = proc.returncode or 1
+    if backend == "mysql" and args.server_floor and recorded.exists():
+        try:
+            server_floor(url, prefix, recorded, args.rows)
+        finally:
+            recorded.unlink()
+            drop_mysql(url, prefix)
+    return proc
 
 
 def main() -> int:
@@ -293,9 +346,19 @@ def main() -> int:
         help="MariaDB/MySQL: replay the first migration's statements alone (see above)",
     )
     parser.add_argument(
+        "--server",
+        choices=sorted(SERVER_PRESETS),
+        default="default",
+        help="MariaDB/MySQL: run with these server settings (SET GLOBAL; restored after): "
+        "'datajoint' is DataJoint's server image (4 GB buffer pool, 2 GB redo log)",
+    )
+    parser.add_argument(
         "--buffer-pool-mb",
         type=int,
         help="MariaDB/MySQL: run with this innodb_buffer_pool_size (SET GLOBAL; restored after)",
+    )
+    parser.add_argument(
+        "--first-only", action="store_true", help="skip the unchanged re-run (e.g. under py-spy)"
     )
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -344,41 +407,29 @@ def main() -> int:
             ]
             if args.profile:
                 cmd.append("--profile")
+            if args.first_only:
+                cmd.append("--first-only")
             if args.statements:
                 cmd.append("--statements")
             recorded = root / "statements.pickle"
             if args.server_floor and backend == "mysql":
                 cmd += ["--record", str(recorded)]
-            pool = None
+            wanted = dict(SERVER_PRESETS[args.server]) if backend == "mysql" else {}
             if args.buffer_pool_mb and backend == "mysql":
-                pool = buffer_pool(url, args.buffer_pool_mb * 1024 * 1024)
-                print(f"mysql: innodb_buffer_pool_size {args.buffer_pool_mb} MB (was {pool >> 20})")
+                wanted["innodb_buffer_pool_size"] = args.buffer_pool_mb << 20
+            before = server_settings(url, wanted) if wanted else {}
+            if wanted:
+                print("mysql: " + ", ".join(
+                    f"{k} {v >> 20} MB (was {before[k] >> 20})" for k, v in wanted.items()
+                ))  # fmt: skip
             try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-            except subprocess.TimeoutExpired:
-                print(f"{backend}: timed out after {args.timeout:.0f} s")
+                proc = run_backend(cmd, backend, url, prefix, recorded, args)
+            finally:
+                if before:
+                    server_settings(url, before)
+            if proc is None:
                 failed = True
                 continue
-            finally:
-                if backend == "mysql":
-                    drop_mysql(url, prefix)
-                if pool is not None:
-                    buffer_pool(url, pool)
-            for raw in proc.stdout.splitlines():
-                r: dict[str, Any] = json.loads(raw)
-                detail = f"new {r['new']:,}, unchanged {r['unchanged']:,}, rejected {r['rejected']}"
-                print(
-                    f"{backend:8} {r['phase']:10} {r['seconds']:8.1f} {r['rows_per_s']:8,} "
-                    f"{r['cpu']:6.1f} {1e6 * r['cpu'] / max(1, r['read']):10.0f} "
-                    f"{r['peak_rss_mb']:12,}  {detail}"
-                )
-                failed |= not r["ok"]
-            if backend == "mysql" and args.server_floor and recorded.exists():
-                try:
-                    server_floor(url, prefix, recorded, args.rows)
-                finally:
-                    recorded.unlink()
-                    drop_mysql(url, prefix)
             if proc.returncode != 0 or args.profile or args.statements:
                 sys.stdout.flush()
                 print(proc.stderr[-20000:], file=sys.stderr)
