@@ -545,4 +545,5 @@ def stream_map(
                 out.append((spec, row))
         return out
 
-    return StreamMap(stream, tables, fn)
+    lookups = any(src.lookup is not None for tm in mappings for src in tm.columns.values())
+    return StreamMap(stream, tables, fn, lookups)

@@ -496,12 +496,12 @@ class SyncEngine:
             mapped.append(item)
         flat = [(item, spec, row) for item in mapped for spec, row in item.rows]
         problems: dict[int, str] = {}
-        # No rows, nothing to look up (an unchanged batch): a checkout costs round trips (the
-        # pool's ping and its rollback on return), ~0.2 ms each on MySQL.
-        if flat:
-            pairs = [(spec, row) for _, spec, row in flat]
-            wanted = wanted_lookups(pairs)
-            if wanted and self._writes_itself(mapper, wanted):
+        pairs = [(spec, row) for _, spec, row in flat] if mapper.smap.lookups else []
+        wanted = wanted_lookups(pairs) if pairs else {}
+        # Nothing to look up (no rows, or a map without lookups): no checkout, which costs
+        # round trips (the pool's ping and its rollback on return), ~0.2 ms each on MySQL.
+        if wanted:
+            if self._writes_itself(mapper, wanted):
                 settle()  # e.g. a subject's mother, stored by the batch before
             with contextlib.ExitStack() as stack:
                 conn = dry_conn or stack.enter_context(self.db.engine.connect())

@@ -58,11 +58,16 @@ def _path(record: Any, dotted: str) -> Any:
 
 @dataclass(frozen=True)
 class StreamMap:
-    """What one stream writes: its tables (for load order) and the record-to-rows function."""
+    """What one stream writes: its tables (for load order) and the record-to-rows function.
+
+    ``lookups=False`` promises that no row holds a :class:`Lookup`, so the engine does not look
+    through every value of every row for one (a declarative map knows; a function may not).
+    """
 
     stream: str
     tables: Sequence[type[Table] | TableSpec]
     fn: MapFunction
+    lookups: bool = True
 
     @property
     def specs(self) -> list[TableSpec]:

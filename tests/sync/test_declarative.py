@@ -362,6 +362,14 @@ def test_a_reflected_table_is_found_without_its_tier_prefix(db: Database) -> Non
         fresh.dispose()
 
 
+def test_a_map_says_whether_its_rows_hold_lookups(db: Database) -> None:
+    db.declare(*lp.SCHEMAS)
+    subjects = stream_map(db, "legacy", "subjects", _tables(MAPPINGS["subjects"]))
+    weighings = stream_map(db, "legacy", "weighings", _tables(MAPPINGS["weighings"]))
+    assert subjects.lookups  # a lab by its name
+    assert not weighings.lookups  # the engine need not look through its rows for one
+
+
 def _tables(raw: list[dict[str, Any]]) -> Any:
     from limsync.config.mappings import TableMapping
 
