@@ -1,4 +1,5 @@
-"""What every benchmark measures in its child process: peak RSS, CPU time, a cProfile report.
+"""What every benchmark measures in its child process: peak RSS, CPU time, a cProfile report;
+and how fast the host is running, to compare runs.
 
 The scripts run as ``python benchmarks/NAME.py``, so this folder is first on ``sys.path`` and
 they import it as ``measure``.
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import cProfile
 import io
+import json
 import pstats
 import resource
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -50,3 +53,23 @@ def profiled(
     stats.sort_stats("tottime").print_stats(own)
     stats.sort_stats("cumulative").print_stats(cumulative)
     return result, out.getvalue()
+
+
+def host_speed() -> float:
+    """CPU seconds of a fixed pure-Python workload (best of three): this host's speed now.
+
+    Small dicts and strings made, serialised, parsed and sorted, as a sync's records are: it
+    follows the host's memory as well as its cores. The shared VMs these benchmarks run on
+    change speed by half within an hour for the same code, so a run's figures compare only with
+    runs whose probe read about the same.
+    """
+    best = float("inf")
+    for _ in range(3):
+        started = time.process_time()
+        rows = [
+            {"id": f"S{i:07d}", "n": i, "w": i / 7, "tags": [i % 3, "x"]} for i in range(100_000)
+        ]
+        rows = json.loads(json.dumps(rows))
+        rows.sort(key=lambda r: (r["n"] % 97, r["id"]))
+        best = min(best, time.process_time() - started)
+    return best

@@ -378,6 +378,9 @@ def main() -> int:
             f"export: {subjects:,} subjects + {weighings:,} weighings, {size:.0f} MB, "
             f"written in {time.perf_counter() - started:.1f} s"
         )
+        from measure import host_speed  # this script's folder is first on sys.path
+
+        print(f"host speed probe: {host_speed():.3f} s (measure.host_speed; lower is faster)")
         print(
             f"{'backend':8} {'phase':10} {'seconds':>8} {'rows/s':>8} {'cpu s':>6} {'cpu us/row':>10} "
             f"{'peak RSS MB':>12}  detail"

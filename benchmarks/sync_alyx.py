@@ -51,7 +51,7 @@ from limsync.sync.mapping import Emitted, Mapper, StreamMap
 from limsync.testing.memory import MemoryConnector, MemorySettings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from measure import peak_rss_mb, profiled
+from measure import host_speed, peak_rss_mb, profiled
 
 MYSQL_ENV = "LIMSYNC_TEST_MYSQL_URL"
 PHASES = ("first", "unchanged", "changed")
@@ -537,6 +537,7 @@ def main() -> None:
             elif not os.environ.get(MYSQL_ENV):
                 print(f"# skipping mysql: {MYSQL_ENV} not set", flush=True)
         rows: list[dict[str, Any]] = []
+        print(f"host speed probe: {host_speed():.3f} s (measure.host_speed; lower is faster)")
         print(HEADER, flush=True)
         for part in args.parts:
             per_part = {b: (u.replace("bench.db", f"{part}.db")) for b, u in backends.items()}

@@ -41,7 +41,7 @@ from limsync.pipeline import Database, Key, Manual, Ref, Schema, upsert
 from limsync.pipeline.upsert import DEFAULT_MEMORY_KEYS
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from measure import cpu_seconds, peak_rss_mb, profiled
+from measure import cpu_seconds, host_speed, peak_rss_mb, profiled
 
 bench = Schema("bench")
 
@@ -230,6 +230,7 @@ def main() -> None:
         "postgres": lambda tag: os.environ["LIMSYNC_TEST_POSTGRES_URL"],
     }
     total = args.rows + args.rows // 10
+    print(f"host speed probe: {host_speed():.3f} s (measure.host_speed; lower is faster)")
     print(
         f"{'backend':9} {'phase':10} {'seconds':>8} {'cpu s':>6} {'rows/s':>9} {'peak RSS MB':>12}  detail"
     )
