@@ -154,6 +154,16 @@ def test_a_key_seen_before_the_spill_keeps_its_exact_status(spill_dir: Path) -> 
     assert cs.counts() == {"inserted": 2, "updated": 1, "unchanged": 1} and cs.changed
 
 
+def test_as_many_keys_as_the_bound_stay_in_memory(spill_dir: Path) -> None:
+    outcome = Outcome(identity, memory_keys=3)
+    record(outcome, [(1,), (2,), (3,)], [INSERTED] * 3)  # a call of exactly memory_keys rows
+    assert spill_files(spill_dir) == []
+    record(outcome, [(4,)], [INSERTED])  # one more: all of them move
+    assert len(spill_files(spill_dir)) == 1
+    with outcome.changeset("t") as cs:
+        assert cs.inserted == [(1,), (2,), (3,), (4,)]
+
+
 def test_equal_hashes_of_different_keys_are_told_apart_in_the_file(spill_dir: Path) -> None:
     assert hash((-1,)) == hash((-2,))  # CPython: hash(-1) == hash(-2)
     outcome = Outcome(identity, memory_keys=1)
