@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from limsync.pipeline import ledger, state
 from limsync.pipeline.database import Database
-from limsync.pipeline.ledger import key_text, targets_text
+from limsync.pipeline.ledger import key_text, targets_text, targets_text_of
 
 
 class Colour(enum.StrEnum):
@@ -62,6 +62,8 @@ def test_targets_text_is_the_json_of_the_pairs(pairs: list[tuple[str, list[Any]]
     expected = json.dumps(as_json, separators=(",", ":"), default=str)
     assert targets_text(pairs) == expected
     assert json.loads(targets_text(pairs)) == json.loads(expected)
+    # The writer's way: key texts built already, in a list (one pair: its shortcut).
+    assert targets_text_of([(table, key_text(tuple(key))) for table, key in pairs]) == expected
 
 
 def test_constants_that_are_not_plain_names_travel_as_parameters(db: Database) -> None:
